@@ -162,6 +162,35 @@ def device_peak_flops(device_name):
     return None
 
 
+def resolve_device(device='auto'):
+    """'auto' -> 'cuda' if available, else 'mps', else 'cpu'; an unavailable device is a ValueError."""
+    mps = hasattr(torch.backends, 'mps') and torch.backends.mps.is_available()
+    if device == 'auto':
+        return 'cuda' if torch.cuda.is_available() else 'mps' if mps else 'cpu'
+    kind = device.split(':')[0]
+    if kind not in ('cpu', 'cuda', 'mps'):
+        raise ValueError(f"device={device!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+    if kind == 'cuda' and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but CUDA is not available here; use --device=cpu (or auto)")
+    if kind == 'mps' and not mps:
+        raise ValueError(f"device={device!r} but MPS is not available here; use --device=cpu (or auto)")
+    return device
+
+
+def resolve_dtype(device, dtype='auto'):
+    """'auto' -> bfloat16 on CUDA where supported, else float16 (trained with a GradScaler); bfloat16 on
+    MPS; float32 on CPU. bfloat16 asked for on a GPU without it is refused (ValueError), not swapped."""
+    kind = device.split(':')[0]
+    if dtype not in ('auto', 'float32', 'bfloat16', 'float16'):
+        raise ValueError(f"dtype={dtype!r}: use 'auto', 'float32', 'bfloat16' or 'float16'")
+    bf16_ok = kind != 'cuda' or torch.cuda.is_bf16_supported()
+    if dtype == 'auto':
+        return 'float32' if kind == 'cpu' else 'bfloat16' if bf16_ok else 'float16'
+    if dtype == 'bfloat16' and not bf16_ok:
+        raise ValueError(f"dtype=bfloat16 is not supported by {torch.cuda.get_device_name()}; use --dtype=float16")
+    return dtype
+
+
 class GPT(nn.Module):
 
     def __init__(self, config):
