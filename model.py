@@ -324,8 +324,8 @@ class GPT(nn.Module):
         return flops_per_token * T * fwdbwd_per_iter / dt / peak_flops
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, use_cache=True):
-        """Continue idx (B, T) by max_new_tokens tokens -> (B, T + max_new_tokens).
+    def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, use_cache=True):
+        """Continue idx (B, T) one step at a time, yielding each new token (B, 1) as soon as it is drawn.
 
         Every step sees the last block_size tokens, as a full recompute would. Within the context the
         KV cache makes a step cost one position; once the sequence outgrows block_size, the window's
@@ -341,5 +341,12 @@ class GPT(nn.Module):
             else:                # the cache holds all but the newest token
                 logits, _ = self(idx[:, -1:], kv_cache=cache)
             idx_next = sample_logits(logits[:, -1, :], temperature, top_k, top_p)
+            yield idx_next
+            idx = torch.cat((idx, idx_next), dim=1)
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, use_cache=True):
+        """Continue idx (B, T) by max_new_tokens tokens -> (B, T + max_new_tokens); see generate_stream."""
+        for idx_next in self.generate_stream(idx, max_new_tokens, temperature, top_k, top_p, use_cache):
             idx = torch.cat((idx, idx_next), dim=1)
         return idx
