@@ -191,6 +191,17 @@ def resolve_dtype(device, dtype='auto'):
     return dtype
 
 
+def get_lr(it, learning_rate, warmup_iters, lr_decay_iters, min_lr):
+    """Learning rate at step it: linear warmup (already > 0 at step 0), cosine decay to min_lr at
+    lr_decay_iters, min_lr after. lr_decay_iters <= warmup_iters means no cosine part at all."""
+    if it < warmup_iters:
+        return learning_rate * (it + 1) / (warmup_iters + 1)
+    if it >= lr_decay_iters:
+        return min_lr
+    progress = (it - warmup_iters) / (lr_decay_iters - warmup_iters)  # in [0, 1)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (learning_rate - min_lr)
+
+
 class GPT(nn.Module):
 
     def __init__(self, config):

@@ -14,7 +14,7 @@ sys.path.insert(0, str(REPO))
 # a tiny model that trains in seconds on a CPU; append --out_dir and --dataset
 TINY = ['--device=cpu', '--compile=False', '--dtype=float32', '--n_layer=2', '--n_head=2', '--n_embd=32',
         '--block_size=32', '--batch_size=4', '--max_iters=10', '--dropout=0.0', '--lr_decay_iters=10',
-        '--warmup_iters=2', '--eval_interval=5', '--eval_iters=2', '--log_interval=1', '--wandb_log=False']
+        '--warmup_iters=2', '--gradient_accumulation_steps=1', '--eval_interval=5', '--eval_iters=2', '--log_interval=1', '--wandb_log=False']
 
 TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
         "First Citizen:\nYou are all resolved rather to die than to famish?\n\n") * 40
