@@ -1,0 +1,112 @@
+"""Character-level dataset: every distinct character of a UTF-8 text is one token.
+
+    python data/shakespeare_char/prepare.py                      # tiny Shakespeare, downloaded once
+    python data/shakespeare_char/prepare.py --input=shakespeare.txt
+    python data/shakespeare_char/prepare.py --input=pushkin.txt --out_dir=data/pushkin_char
+
+Writes into --out_dir (default: this folder): input.txt (a copy of the text), train.bin and val.bin
+(the first 90% and last 10% of the characters as uint16 ids) and meta.pkl ({'vocab_size', 'stoi',
+'itos'}, the vocabulary sorted by code point). Then `python train.py --dataset=<out_dir>` trains on it.
+Running it again gives byte-identical files.
+"""
+import os
+import pickle
+import sys
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+URL = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
+
+
+def write_atomic(path, data: bytes):
+    """Write data to path.tmp, then rename it over path: path is never left half-written."""
+    tmp = Path(str(path) + '.tmp')
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_text(input_path, out_dir, url=URL):
+    """The text to prepare: --input if given, else out_dir/input.txt, else downloaded from url.
+    The text ends up in out_dir/input.txt, so a second run needs neither --input nor the network."""
+    cached = os.path.join(out_dir, 'input.txt')
+    if input_path:
+        if not os.path.isfile(input_path):
+            raise SystemExit(f"error: --input={input_path}: no such file")
+        data = Path(input_path).read_bytes()
+    elif os.path.isfile(cached):
+        data = Path(cached).read_bytes()
+    else:
+        print(f"downloading {url}")
+        try:
+            with urllib.request.urlopen(url, timeout=60) as r:
+                data = r.read()
+        except OSError as e:  # URLError, HTTPError and timeouts are all OSErrors
+            raise SystemExit(f"error: could not download {url}: {getattr(e, 'reason', e)}; "
+                             f"pass a local copy with --input=PATH") from None
+    source = input_path or cached
+    try:
+        text = data.decode('utf-8')
+    except UnicodeDecodeError as e:
+        raise SystemExit(f"error: {source} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if not text:
+        raise SystemExit(f"error: {source} is empty")
+    os.makedirs(out_dir, exist_ok=True)
+    if not (os.path.isfile(cached) and Path(cached).read_bytes() == data):
+        write_atomic(cached, data)
+    return text
+
+
+def prepare(text: str, out_dir: str) -> dict:
+    """Write train.bin, val.bin and meta.pkl for text into out_dir; returns the counts."""
+    codes = np.frombuffer(text.encode('utf-32-le'), dtype=np.uint32)  # one code point per character
+    points, ids = np.unique(codes, return_inverse=True)  # points sorted, so the vocabulary is sorted(set(text))
+    if len(points) > 2**16:
+        raise ValueError(f"the text has {len(points):,} distinct characters; uint16 ids allow at most 65,536")
+    n = int(0.9 * len(ids))
+    if n == 0 or n == len(ids):
+        raise ValueError(f"{len(ids)} characters are too few to split 90/10 into train and val")
+    chars = [chr(p) for p in points]
+    meta = {'vocab_size': len(chars), 'stoi': {c: i for i, c in enumerate(chars)}, 'itos': dict(enumerate(chars))}
+    ids = ids.astype(np.uint16)
+    os.makedirs(out_dir, exist_ok=True)
+    write_atomic(os.path.join(out_dir, 'train.bin'), ids[:n].tobytes())
+    write_atomic(os.path.join(out_dir, 'val.bin'), ids[n:].tobytes())
+    write_atomic(os.path.join(out_dir, 'meta.pkl'), pickle.dumps(meta))
+    return {'vocab_size': len(chars), 'train': n, 'val': len(ids) - n}
+
+
+def text_from_command_line(default_out_dir):
+    """Read --input and --out_dir from the command line and load the text; returns (text, out_dir)."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
+    from configurator import configure
+    for arg in sys.argv[1:]:
+        if not arg.startswith('-'):
+            raise SystemExit(f"error: unexpected argument {arg!r}; did you mean --input={arg}?")
+    cfg = {'input': '',  # a local text file to use instead of the download
+           'out_dir': default_out_dir}
+    configure(cfg)
+    text = load_text(cfg['input'], cfg['out_dir'])
+    print(f"length of dataset in characters: {len(text):,}")
+    return text, cfg['out_dir']
+
+
+if __name__ == '__main__':
+    text, out_dir = text_from_command_line(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        counts = prepare(text, out_dir)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    print(f"vocab size: {counts['vocab_size']:,}")
+    print(f"train has {counts['train']:,} tokens")
+    print(f"val has {counts['val']:,} tokens")
+    print(f"wrote train.bin, val.bin, meta.pkl to {out_dir}")
+
+# tiny Shakespeare (1,115,394 characters):
+# vocab size: 65
+# train has 1,003,854 tokens
+# val has 111,540 tokens

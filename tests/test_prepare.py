@@ -1,0 +1,97 @@
+"""data/*/prepare.py: counts, round trips, byte-identical reruns and clear errors.
+Run: python -m pytest -q tests/test_prepare.py"""
+import hashlib
+import pickle
+
+import numpy as np
+import pytest
+
+from conftest import REPO, TEXT, TINY, run
+from data.shakespeare_char import prepare as char
+
+SHARED = REPO.parent / 'shared'
+SHAKESPEARE = SHARED / 'data' / 'tinyshakespeare.txt'
+needs_shakespeare = pytest.mark.skipif(not SHAKESPEARE.exists(), reason=f"{SHAKESPEARE} not found")
+
+# made up for these tests; Cyrillic letters, ё, a dash and quotes, as in a Russian corpus
+CYRILLIC = ("Зимним утром над рекою поднимался белый пар.\nСтарый мельник шёл к плотине, напевая про себя.\n"
+            "— Куда спешишь, Иван Петрович? — окликнула его соседка.\nОн только махнул рукой: «Некогда!»\n\n") * 12
+
+
+def digests(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def decode_char(folder):
+    meta = pickle.load(open(folder / 'meta.pkl', 'rb'))
+    parts = [np.fromfile(folder / f'{s}.bin', dtype=np.uint16) for s in ('train', 'val')]
+    return meta, [''.join(meta['itos'][int(i)] for i in ids) for ids in parts]
+
+
+@needs_shakespeare
+def test_char_tiny_shakespeare_counts(tmp_path):
+    text = SHAKESPEARE.read_text(encoding='utf-8')
+    assert char.prepare(text, str(tmp_path)) == {'vocab_size': 65, 'train': 1_003_854, 'val': 111_540}
+    assert (tmp_path / 'train.bin').stat().st_size == 2 * 1_003_854  # uint16: two bytes a character
+    meta, (train, val) = decode_char(tmp_path)
+    assert meta['vocab_size'] == 65 and ''.join(meta['itos'][i] for i in range(65)) == ''.join(sorted(set(text)))
+    assert train + val == text
+
+
+def test_char_cli_roundtrip_and_rerun_identical(tmp_path):
+    src = tmp_path / 'small.txt'
+    src.write_text(TEXT, encoding='utf-8')
+    out = tmp_path / 'small_char'
+    p = run('data/shakespeare_char/prepare.py', f'--input={src}', f'--out_dir={out}', cwd=tmp_path)
+    assert f"train has {int(0.9 * len(TEXT)):,} tokens" in p.stdout
+    meta, (train, val) = decode_char(out)
+    assert train + val == TEXT and len(train) == int(0.9 * len(TEXT))
+    assert meta['stoi'] == {c: i for i, c in enumerate(sorted(set(TEXT)))}
+    assert {meta['stoi'][c] for c in TEXT} == set(meta['itos'])
+    assert np.fromfile(out / 'train.bin', dtype=np.uint16).size * 2 == (out / 'train.bin').stat().st_size
+    assert (out / 'input.txt').read_text(encoding='utf-8') == TEXT
+    first = digests(out)
+    # the second run finds input.txt in out_dir and needs neither --input nor the network
+    run('data/shakespeare_char/prepare.py', f'--out_dir={out}', cwd=tmp_path)
+    assert digests(out) == first and set(first) == {'input.txt', 'meta.pkl', 'train.bin', 'val.bin'}
+
+
+def test_char_cyrillic_vocab_and_training(tmp_path):
+    folder = tmp_path / 'data' / 'pushkin_char'
+    counts = char.prepare(CYRILLIC, str(folder))
+    meta, (train, val) = decode_char(folder)
+    assert train + val == CYRILLIC
+    assert list(meta['stoi']) == sorted(set(CYRILLIC)) and counts['vocab_size'] == len(set(CYRILLIC))
+    assert {'З', 'ё', '«', '—'} <= set(meta['stoi'])
+    run('train.py', *TINY, f'--dataset={folder}', f'--out_dir={tmp_path / "out"}', cwd=tmp_path)
+    assert (tmp_path / 'out' / 'ckpt.pt').exists()
+
+
+def test_char_download_failure_names_the_fix(tmp_path):
+    with pytest.raises(SystemExit, match=r"could not download http://127\.0\.0\.1:9/x\.txt: .*--input=PATH"):
+        char.load_text('', str(tmp_path), url='http://127.0.0.1:9/x.txt')  # nothing listens on port 9
+    assert not any(tmp_path.iterdir())
+
+
+def write(path, content):
+    path.write_bytes(content.encode('utf-8') if isinstance(content, str) else content)
+    return path
+
+
+TOO_MANY_CHARS = ''.join(map(chr, range(0x10000, 0x10000 + 2**16 + 1)))  # code points past the surrogates
+
+
+@pytest.mark.parametrize('script, content, message', [
+    ('data/shakespeare_char/prepare.py', None, 'no such file'),
+    ('data/shakespeare_char/prepare.py', '', 'is empty'),
+    ('data/shakespeare_char/prepare.py', b'caf\xe9', 'is not UTF-8 text'),
+    ('data/shakespeare_char/prepare.py', TOO_MANY_CHARS,
+     'the text has 65,537 distinct characters; uint16 ids allow at most 65,536'),
+], ids=['char-missing', 'char-empty', 'char-not-utf8', 'char-vocab-too-large'])
+def test_bad_input_exits_with_one_line_and_writes_no_bin(tmp_path, script, content, message):
+    src = tmp_path / 'in.txt' if content is None else write(tmp_path / 'in.txt', content)
+    out = tmp_path / 'out'
+    p = run(script, f'--input={src}', f'--out_dir={out}', cwd=tmp_path, check=False)
+    assert p.returncode != 0
+    assert p.stderr.strip().splitlines() == [p.stderr.strip()] and message in p.stderr, p.stderr
+    assert not list(tmp_path.rglob('*.bin')) and not list(tmp_path.rglob('*.tmp'))
