@@ -7,11 +7,14 @@ import numpy as np
 import pytest
 
 from conftest import REPO, TEXT, TINY, run
+from data.shakespeare import prepare as bpe
 from data.shakespeare_char import prepare as char
 
 SHARED = REPO.parent / 'shared'
 SHAKESPEARE = SHARED / 'data' / 'tinyshakespeare.txt'
+TIKTOKEN_CACHE = SHARED / 'tiktoken_cache'
 needs_shakespeare = pytest.mark.skipif(not SHAKESPEARE.exists(), reason=f"{SHAKESPEARE} not found")
+needs_tiktoken = pytest.mark.skipif(not TIKTOKEN_CACHE.exists(), reason=f"{TIKTOKEN_CACHE} not found (offline BPE)")
 
 # made up for these tests; Cyrillic letters, ё, a dash and quotes, as in a Russian corpus
 CYRILLIC = ("Зимним утром над рекою поднимался белый пар.\nСтарый мельник шёл к плотине, напевая про себя.\n"
@@ -73,6 +76,18 @@ def test_char_download_failure_names_the_fix(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+@needs_shakespeare
+@needs_tiktoken
+def test_bpe_tiny_shakespeare_counts(tmp_path, monkeypatch):
+    monkeypatch.setenv('TIKTOKEN_CACHE_DIR', str(TIKTOKEN_CACHE))
+    text = SHAKESPEARE.read_text(encoding='utf-8')
+    assert bpe.prepare(text, str(tmp_path)) == {'train': 301_966, 'val': 36_059}
+    enc = bpe.gpt2_encoding()
+    ids = [np.fromfile(tmp_path / f'{s}.bin', dtype=np.uint16).tolist() for s in ('train', 'val')]
+    assert enc.decode(ids[0]) + enc.decode(ids[1]) == text
+    assert not (tmp_path / 'meta.pkl').exists()  # no meta.pkl: readers fall back to GPT-2's vocabulary
+
+
 def write(path, content):
     path.write_bytes(content.encode('utf-8') if isinstance(content, str) else content)
     return path
@@ -87,11 +102,13 @@ TOO_MANY_CHARS = ''.join(map(chr, range(0x10000, 0x10000 + 2**16 + 1)))  # code 
     ('data/shakespeare_char/prepare.py', b'caf\xe9', 'is not UTF-8 text'),
     ('data/shakespeare_char/prepare.py', TOO_MANY_CHARS,
      'the text has 65,537 distinct characters; uint16 ids allow at most 65,536'),
-], ids=['char-missing', 'char-empty', 'char-not-utf8', 'char-vocab-too-large'])
+    ('data/shakespeare/prepare.py', '', 'is empty'),
+], ids=['char-missing', 'char-empty', 'char-not-utf8', 'char-vocab-too-large', 'bpe-empty'])
 def test_bad_input_exits_with_one_line_and_writes_no_bin(tmp_path, script, content, message):
     src = tmp_path / 'in.txt' if content is None else write(tmp_path / 'in.txt', content)
     out = tmp_path / 'out'
-    p = run(script, f'--input={src}', f'--out_dir={out}', cwd=tmp_path, check=False)
+    p = run(script, f'--input={src}', f'--out_dir={out}', cwd=tmp_path, check=False,
+            env={'TIKTOKEN_CACHE_DIR': str(TIKTOKEN_CACHE)})
     assert p.returncode != 0
     assert p.stderr.strip().splitlines() == [p.stderr.strip()] and message in p.stderr, p.stderr
     assert not list(tmp_path.rglob('*.bin')) and not list(tmp_path.rglob('*.tmp'))
