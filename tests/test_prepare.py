@@ -1,12 +1,15 @@
-"""data/*/prepare.py: counts, round trips, byte-identical reruns and clear errors.
+"""data/*/prepare.py: counts, round trips, byte-identical reruns, local inputs and clear errors.
 Run: python -m pytest -q tests/test_prepare.py"""
 import hashlib
+import json
 import pickle
+import re
 
 import numpy as np
 import pytest
 
 from conftest import REPO, TEXT, TINY, run
+from data.openwebtext import prepare as owt
 from data.shakespeare import prepare as bpe
 from data.shakespeare_char import prepare as char
 
@@ -88,6 +91,102 @@ def test_bpe_tiny_shakespeare_counts(tmp_path, monkeypatch):
     assert not (tmp_path / 'meta.pkl').exists()  # no meta.pkl: readers fall back to GPT-2's vocabulary
 
 
+def make_docs(n=300):
+    """Made-up documents of varied length, some non-ASCII, one empty."""
+    docs = [f"Doc {i}: the quick brown fox {'jumps ' * (i % 7)}over the lazy dog.\nÜber ✓ {i * i}" for i in range(n)]
+    docs[5] = ''
+    return docs
+
+
+@pytest.fixture
+def hf_cache(tmp_path, monkeypatch):
+    """Keep datasets' cache (in-process and in subprocesses) inside tmp_path."""
+    import datasets.config
+    cache = tmp_path / 'hf_cache'
+    monkeypatch.setattr(datasets.config, 'HF_DATASETS_CACHE', cache)
+    monkeypatch.setenv('HF_DATASETS_CACHE', str(cache))
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    if TIKTOKEN_CACHE.exists():
+        monkeypatch.setenv('TIKTOKEN_CACHE_DIR', str(TIKTOKEN_CACHE))
+    return cache
+
+
+def split_docs(path, enc):
+    """The documents of a .bin file: decode the ids between end-of-text tokens."""
+    ids = np.fromfile(path, dtype=np.uint16)
+    assert ids[-1] == enc.eot_token
+    ends = np.flatnonzero(ids == enc.eot_token)
+    return [enc.decode(ids[a + 1:b].tolist()) for a, b in zip(np.r_[-1, ends[:-1]], ends)]
+
+
+@needs_tiktoken
+def test_openwebtext_local_txt_folder(tmp_path, hf_cache):
+    docs = make_docs()
+    src = tmp_path / 'docs'
+    src.mkdir()
+    for i, doc in enumerate(docs):
+        (src / f'{i:04d}.txt').write_text(doc, encoding='utf-8')
+    out = tmp_path / 'owt'
+    p = run('data/openwebtext/prepare.py', f'--input={src}', f'--out_dir={out}', '--num_proc=2', cwd=tmp_path)
+    enc = bpe.gpt2_encoding()
+    train, val = split_docs(out / 'train.bin', enc), split_docs(out / 'val.bin', enc)
+    assert len(val) == 1 and sorted(train + val) == sorted(docs)  # 0.05% of 300 rounds up to one document
+    n_tokens = sum(len(enc.encode_ordinary(d)) + 1 for d in docs)  # + 1: the end-of-text token
+    assert (out / 'train.bin').stat().st_size + (out / 'val.bin').stat().st_size == 2 * n_tokens
+    assert f"val has {len(enc.encode_ordinary(val[0])) + 1:,} tokens" in p.stdout
+    first = digests(out)
+    run('data/openwebtext/prepare.py', f'--input={src}', f'--out_dir={out}', '--num_proc=1', cwd=tmp_path)
+    assert digests(out) == first
+
+
+@needs_tiktoken
+def test_openwebtext_other_local_formats(tmp_path, hf_cache):
+    from datasets import Dataset, DatasetDict
+    docs = make_docs(40)
+    ds = Dataset.from_dict({'text': docs, 'id': list(range(40))})
+    ds.to_parquet(str(tmp_path / 'docs.parquet'))
+    (tmp_path / 'jsonl').mkdir()
+    (tmp_path / 'jsonl' / 'a.jsonl').write_text(''.join(json.dumps({'text': d}) + '\n' for d in docs[:30]))
+    (tmp_path / 'jsonl' / 'b.json').write_text(''.join(json.dumps({'text': d}) + '\n' for d in docs[30:]))
+    ds.save_to_disk(str(tmp_path / 'saved'))
+    splits = {}
+    for name in ('docs.parquet', 'jsonl', 'saved'):
+        loaded = owt.load_documents(str(tmp_path / name), num_proc=1)
+        assert sorted([*loaded['train']['text'], *loaded['val']['text']]) == sorted(docs), name
+        splits[name] = list(loaded['val']['text'])
+    assert splits['docs.parquet'] == splits['jsonl'] == splits['saved']  # the fixed seed picks the same val
+
+    # a saved DatasetDict that has its own val split keeps it
+    DatasetDict(train=ds.select(range(30)), val=ds.select(range(30, 40))).save_to_disk(str(tmp_path / 'dd'))
+    loaded = owt.load_documents(str(tmp_path / 'dd'), num_proc=1)
+    counts = owt.prepare(loaded, str(tmp_path / 'out'))
+    enc = bpe.gpt2_encoding()
+    assert split_docs(tmp_path / 'out' / 'val.bin', enc) == docs[30:]
+    assert counts['val'] == sum(len(enc.encode_ordinary(d)) + 1 for d in docs[30:])
+
+
+@pytest.mark.parametrize('name, content, message', [
+    ('missing.jsonl', None, 'missing.jsonl: no such file or folder'),
+    ('x.jsonl', '{"body": "no text here"}\n', "has no 'text' column (columns: body)"),
+    ('one.jsonl', '{"text": "alone"}\n', 'has 1 document(s); train and val need at least one each'),
+])
+def test_openwebtext_bad_input(tmp_path, hf_cache, name, content, message):
+    if content is not None:
+        (tmp_path / name).write_text(content)
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        owt.load_documents(str(tmp_path / name), num_proc=1)
+
+
+@needs_tiktoken
+def test_openwebtext_hub_unreachable_names_the_fix(tmp_path):
+    p = run('data/openwebtext/prepare.py', f'--out_dir={tmp_path / "out"}', cwd=tmp_path, check=False,
+            env={'HF_HUB_OFFLINE': '1', 'HF_DATASETS_CACHE': str(tmp_path / 'hf_cache'),
+                 'TIKTOKEN_CACHE_DIR': str(TIKTOKEN_CACHE)})
+    assert p.returncode == 1 and 'Traceback' not in p.stderr
+    assert "could not load openwebtext from the Hugging Face hub" in p.stderr and '--input=PATH' in p.stderr
+    assert not (tmp_path / 'out').exists()
+
+
 def write(path, content):
     path.write_bytes(content.encode('utf-8') if isinstance(content, str) else content)
     return path
@@ -103,12 +202,13 @@ TOO_MANY_CHARS = ''.join(map(chr, range(0x10000, 0x10000 + 2**16 + 1)))  # code 
     ('data/shakespeare_char/prepare.py', TOO_MANY_CHARS,
      'the text has 65,537 distinct characters; uint16 ids allow at most 65,536'),
     ('data/shakespeare/prepare.py', '', 'is empty'),
-], ids=['char-missing', 'char-empty', 'char-not-utf8', 'char-vocab-too-large', 'bpe-empty'])
+    pytest.param('data/openwebtext/prepare.py', '', 'is empty', marks=needs_tiktoken),  # it loads the BPE first
+], ids=['char-missing', 'char-empty', 'char-not-utf8', 'char-vocab-too-large', 'bpe-empty', 'owt-empty'])
 def test_bad_input_exits_with_one_line_and_writes_no_bin(tmp_path, script, content, message):
     src = tmp_path / 'in.txt' if content is None else write(tmp_path / 'in.txt', content)
     out = tmp_path / 'out'
     p = run(script, f'--input={src}', f'--out_dir={out}', cwd=tmp_path, check=False,
-            env={'TIKTOKEN_CACHE_DIR': str(TIKTOKEN_CACHE)})
+            env={'HF_DATASETS_CACHE': str(tmp_path / 'hf_cache'), 'TIKTOKEN_CACHE_DIR': str(TIKTOKEN_CACHE)})
     assert p.returncode != 0
     assert p.stderr.strip().splitlines() == [p.stderr.strip()] and message in p.stderr, p.stderr
     assert not list(tmp_path.rglob('*.bin')) and not list(tmp_path.rglob('*.tmp'))
