@@ -10,6 +10,7 @@ $ torchrun --nproc_per_node=8 --nnodes=2 --node_rank=0 --master_addr=10.0.0.1 --
 $ torchrun --nproc_per_node=8 --nnodes=2 --node_rank=1 --master_addr=10.0.0.1 --master_port=1234 train.py
 Ctrl-C or SIGTERM: the current iteration ends, a checkpoint is saved, exit code 130 (143 for SIGTERM).
 """
+import hashlib
 import math
 import os
 import pickle
@@ -407,7 +408,13 @@ while True:
             wandb.log({'iter': iter_num, 'train/loss': loss_value, 'lr': lr, 'grad_norm': grad_norm.item()})
         train_time, last_log_iter = 0.0, iter_num
 
-if ddp:
+if ddp:  # DDP keeps the replicas identical by construction: verify it once, at the end
+    digest = hashlib.sha256(b''.join(p.detach().cpu().numpy().tobytes() for p in raw_model.parameters()))
+    digests = [None] * world_size
+    dist.all_gather_object(digests, digest.hexdigest())
+    if master_process:
+        print(f"parameters identical on all {world_size} processes" if len(set(digests)) == 1 else
+              f"warning: parameters differ across processes: {digests}")
     dist.destroy_process_group()
 if stopping:
     signum = stop_signal or signal.SIGTERM  # this process may not have been signalled itself

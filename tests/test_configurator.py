@@ -1,0 +1,99 @@
+"""configurator.py: config files and --key=value flags over a script's globals.
+Run: python -m pytest -q tests/test_configurator.py"""
+import pytest
+
+from configurator import ConfigError, apply_overrides, configure
+from conftest import REPO, run
+
+
+def settings(**extra):
+    ns = dict(batch_size=12, learning_rate=6e-4, compile=True, dataset='owt', wandb_run_name='gpt2',
+              top_k=200, seed=None, __file__=str(REPO / 'train.py'), _optional=('top_k',))
+    ns.update(extra)
+    return ns
+
+
+def test_file_then_flags_in_order(tmp_path):
+    cfg = tmp_path / 'cfg.py'
+    cfg.write_text("import math\nbatch_size = 64\nlearning_rate = 1e-3 * math.sqrt(4)\ndataset = 'x'\n")
+    ns = settings()
+    changed = apply_overrides(ns, [str(cfg), '--batch_size=32', '--compile=false'])
+    assert (ns['batch_size'], ns['learning_rate'], ns['dataset'], ns['compile']) == (32, 2e-3, 'x', False)
+    assert changed == {'batch_size': 32, 'learning_rate': 2e-3, 'dataset': 'x', 'compile': False}
+
+
+def test_value_parsing():
+    ns = settings()
+    apply_overrides(ns, ['--learning_rate=1', '--wandb_run_name=2024', '--dataset=a=b', '--top_k=None',
+                         '--compile=TRUE', '--seed=7'])
+    assert ns['learning_rate'] == 1.0 and type(ns['learning_rate']) is float  # int widens to float
+    assert ns['wandb_run_name'] == '2024' and ns['dataset'] == 'a=b'  # text stays text
+    assert ns['top_k'] is None and ns['compile'] is True and ns['seed'] == 7
+    apply_overrides(ns, ['--compile'])  # a bare bool flag means True
+    assert ns['compile'] is True
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--batch_size=1.5'], "batch_size=1.5 (from --batch_size=1.5): expected int, got float"),
+    (['--batch_size=True'], "expected int, got bool"),
+    (['--compile=yes'], "expected bool, got str"),
+    (['--learning_rate=None'], "expected float, got NoneType"),
+    (['--learing_rate=1e-3'], "unknown config key 'learing_rate' (from --learing_rate=1e-3); did you mean 'learning_rate'?"),
+    (['--batch_size'], "--batch_size: expected --batch_size=VALUE"),
+    (['nowhere.py'], "config file 'nowhere.py' not found"),
+])
+def test_mistakes_are_config_errors(argv, message):
+    with pytest.raises(ConfigError) as e:
+        apply_overrides(settings(), argv)
+    assert message in str(e.value)
+
+
+def test_unknown_or_mistyped_key_in_a_config_file(tmp_path):
+    cfg = tmp_path / 'typo.py'
+    cfg.write_text("learing_rate = 1e-3\n")
+    with pytest.raises(ConfigError, match=r"unknown config key 'learing_rate' \(from .*typo.py\); did you mean"):
+        apply_overrides(settings(), [str(cfg)])
+    cfg.write_text("batch_size = '12'\n")
+    with pytest.raises(ConfigError, match="expected int, got str"):
+        apply_overrides(settings(), [str(cfg)])
+    cfg.write_text("batch_size = 1 / 0\n")
+    with pytest.raises(ConfigError, match="failed: ZeroDivisionError"):
+        apply_overrides(settings(), [str(cfg)])
+
+
+def test_config_files_resolve_from_the_script_folder(tmp_path, monkeypatch):
+    (tmp_path / 'repo' / 'config').mkdir(parents=True)
+    (tmp_path / 'repo' / 'config' / 'small.py').write_text("batch_size = 64\n")
+    (tmp_path / 'elsewhere').mkdir()
+    monkeypatch.chdir(tmp_path / 'elsewhere')
+    ns = settings(__file__=str(tmp_path / 'repo' / 'train.py'))
+    apply_overrides(ns, ['config/small.py'])
+    assert ns['batch_size'] == 64
+
+
+def test_configure_exits_2_with_one_line(capsys):
+    with pytest.raises(SystemExit) as e:
+        configure(settings(), ['--batch_size=x'])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: batch_size='x'") and err.count('\n') == 1
+
+
+def test_every_shipped_config_applies_to_train_py():
+    """Each config/*.py only sets keys train.py (or bench.py) knows, with the right types."""
+    p = run('train.py', '--help')
+    assert '--learning_rate=0.0006' in p.stdout and '--init_from=' in p.stdout
+    known = {line.split('=')[0].strip()[2:] for line in p.stdout.splitlines() if line.startswith('  --')}
+    for cfg in sorted((REPO / 'config').glob('*.py')):
+        if cfg.name.startswith('bench'):
+            continue
+        ns = {k: None for k in known}
+        exec(cfg.read_text(), ns)
+        assert {k for k in ns if not k.startswith('_') and k not in ('time', 'math')} <= known, cfg.name
+
+
+def test_train_py_cli_errors(tmp_path):
+    p = run('train.py', '--learing_rate=1', check=False)
+    assert p.returncode == 2 and "did you mean 'learning_rate'" in p.stderr and 'Traceback' not in p.stderr
+    p = run('train.py', '--batch_size=abc', check=False)
+    assert p.returncode == 2 and 'expected int' in p.stderr and 'Traceback' not in p.stderr

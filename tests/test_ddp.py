@@ -1,0 +1,66 @@
+"""train.py under torchrun on CPU (gloo): 2 processes on one machine.
+Run: python -m pytest -q tests/test_ddp.py"""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import torch
+
+from conftest import REPO, TINY, run, write_char_dataset
+
+
+def torchrun(*args, nproc=2):
+    env = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1')
+    return subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone',
+                           f'--nproc_per_node={nproc}', str(REPO / 'train.py'), *TINY, *map(str, args)],
+                          capture_output=True, text=True, timeout=300, env=env)
+
+
+def load(path):
+    return torch.load(path, map_location='cpu', weights_only=True)
+
+
+def test_two_processes_train_log_once_and_stay_identical(char_dataset, tmp_path):
+    p = torchrun(f'--dataset={char_dataset}', f'--out_dir={tmp_path / "ddp"}', '--gradient_accumulation_steps=2')
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.count('iter 10: loss') == 1 and p.stdout.count('step 10: train loss') == 1
+    assert p.stdout.count('Overriding: max_iters = 10') == 1
+    assert 'tokens per iteration 256' in p.stdout  # 2 processes x 1 micro-step x 4 x 32
+    assert 'parameters identical on all 2 processes' in p.stdout
+    assert os.listdir(tmp_path / 'ddp') == ['ckpt.pt']
+    # a DDP checkpoint resumes in one process, and a one-process checkpoint under torchrun
+    run('train.py', *TINY, f'--dataset={char_dataset}', f'--out_dir={tmp_path / "ddp"}', '--init_from=resume',
+        '--max_iters=12')
+    assert load(tmp_path / 'ddp' / 'ckpt.pt')['iter_num'] == 12
+    p = torchrun(f'--dataset={char_dataset}', f'--out_dir={tmp_path / "ddp"}', '--init_from=resume',
+                 '--max_iters=14', '--gradient_accumulation_steps=2')
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert load(tmp_path / 'ddp' / 'ckpt.pt')['iter_num'] == 14
+    if (REPO / 'sample.py').exists():
+        s = run('sample.py', f'--out_dir={tmp_path / "ddp"}', '--device=cpu', '--num_samples=1',
+                '--max_new_tokens=20', '--start=F')
+        assert len(s.stdout.strip()) > 0
+
+
+def test_two_ranks_equal_one_rank_accumulating(tmp_path):
+    """2 processes x 1 micro-step == 1 process x 2 micro-steps. Each split holds exactly one window,
+    so every process draws the same batch whatever its seed."""
+    data = write_char_dataset(tmp_path / 'one_window', text='abcdefghijklmnopqrstuvwxyz0123456789' * 3)
+    ids = np.fromfile(data / 'val.bin', dtype=np.uint16)
+    np.fromfile(data / 'train.bin', dtype=np.uint16)[:33].tofile(data / 'train.bin')  # block_size + 1
+    np.concatenate([ids] * 10)[:33].tofile(data / 'val.bin')
+    common = [f'--dataset={data}', '--max_iters=1', '--gradient_accumulation_steps=2']
+    p = torchrun(*common, f'--out_dir={tmp_path / "ddp"}')
+    assert p.returncode == 0, p.stderr[-3000:]
+    run('train.py', *TINY, *common, f'--out_dir={tmp_path / "single"}')
+    a, b = load(tmp_path / 'ddp' / 'ckpt.pt')['model'], load(tmp_path / 'single' / 'ckpt.pt')['model']
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+
+
+def test_accumulation_not_divisible_by_world_size(char_dataset, tmp_path):
+    p = torchrun(f'--dataset={char_dataset}', f'--out_dir={tmp_path / "out"}', '--gradient_accumulation_steps=3')
+    assert p.returncode != 0
+    msg = 'gradient_accumulation_steps=3 is not divisible by the 2 DDP processes'
+    assert p.stderr.count(msg) == 2, p.stderr[-3000:]  # every rank says it, none hangs
+    assert not (tmp_path / 'out').exists()
