@@ -1,0 +1,184 @@
+"""Sample from a model trained with train.py, or from OpenAI's GPT-2 weights.
+
+    python sample.py --out_dir=out-shakespeare-char
+    python sample.py --init_from=gpt2-xl --start="What is the answer to life?" --num_samples=5 --max_new_tokens=100
+    python sample.py --out_dir=out-shakespeare-char --start=FILE:prompt.txt --stop='\\n\\n' --temperature=0
+
+Samples are drawn one at a time and printed token by token as they come; each is followed by a line of
+dashes. In --start and --stop the escapes \\n, \\t and \\\\ stand for a newline, a tab and a backslash (any
+other backslash is kept as it is); a FILE: prompt is read verbatim. A sample ends early, just before the
+stop text, when that text appears in what the model wrote (the prompt is not searched).
+"""
+import codecs
+import os
+import pickle
+import re
+import sys
+from contextlib import nullcontext
+
+import torch
+
+from configurator import configure
+from model import GPT, GPTConfig, resolve_device, resolve_dtype
+
+# -----------------------------------------------------------------------------
+init_from = 'resume'  # 'resume' (out_dir/ckpt.pt), a GPT-2 name ('gpt2' ... 'gpt2-xl') or a save_pretrained dir
+out_dir = 'out'       # where train.py wrote ckpt.pt
+start = "\n"          # the prompt, or "FILE:path" to read it from a file; GPT-2 also takes '<|endoftext|>'
+num_samples = 10
+max_new_tokens = 500  # tokens generated per sample
+temperature = 0.8     # 1.0 samples the model's distribution, lower is more conservative, 0 is greedy
+top_k = 200           # keep only the top_k most likely tokens; None keeps all
+top_p = None          # nucleus sampling: keep the most likely tokens up to this much probability; None keeps all
+stop = ''             # end a sample where this text appears in it ('\n\n', '<|endoftext|>'); '' never stops early
+seed = 1337
+device = 'auto'       # 'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:1', 'mps'
+dtype = 'auto'        # 'auto' (bfloat16 on GPUs that have it, float32 on CPU), 'float32', 'bfloat16', 'float16'
+compile = False       # torch.compile the forward (slow to start; pays off for long runs on a GPU)
+_optional = ('top_k', 'top_p')  # settings that --key=None may turn off
+# -----------------------------------------------------------------------------
+configure(globals())
+# -----------------------------------------------------------------------------
+
+
+def oneline(e):
+    """An exception as one line of at most ~300 characters, for a SystemExit message."""
+    text = f"{type(e).__name__}: {' '.join(str(e).split())}"
+    return text if len(text) <= 300 else text[:297] + '...'
+
+
+def unescape(s):
+    return re.sub(r'\\([nt\\])', lambda m: {'n': '\n', 't': '\t', '\\': '\\'}[m[1]], s)
+
+
+for bad, why in [(num_samples < 1, f"num_samples={num_samples} must be at least 1"),
+                 (max_new_tokens < 0, f"max_new_tokens={max_new_tokens} must be >= 0"),
+                 (temperature < 0, f"temperature={temperature} must be >= 0 (0 is greedy)"),
+                 (top_k is not None and top_k < 1, f"top_k={top_k} must be >= 1, or None"),
+                 (top_p is not None and not (type(top_p) in (int, float) and 0 < top_p <= 1),
+                  f"top_p={top_p!r} must be in (0, 1], or None")]:
+    if bad:
+        raise SystemExit(f"error: {why}")
+stop = unescape(stop)
+
+try:
+    device = resolve_device(device)
+    dtype = resolve_dtype(device, dtype)
+except ValueError as e:
+    raise SystemExit(f"error: {e}")
+device_type = device.split(':')[0]
+torch.backends.cuda.matmul.allow_tf32 = True  # allow tf32 on matmul
+torch.backends.cudnn.allow_tf32 = True  # allow tf32 on cudnn
+ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
+ctx = nullcontext() if dtype == 'float32' else torch.amp.autocast(device_type=device_type, dtype=ptdtype)
+
+# ----------------------------------------------------------------------------- model
+meta_path = ''  # the dataset's meta.pkl, where a character-level vocabulary would be
+if init_from == 'resume':
+    ckpt_path = os.path.join(out_dir, 'ckpt.pt')
+    if not os.path.isfile(ckpt_path):
+        there = (f"{out_dir} does not exist" if not os.path.isdir(out_dir) else
+                 f"{out_dir} holds: {', '.join(sorted(os.listdir(out_dir))[:8]) or 'nothing'}")
+        raise SystemExit(f"error: no checkpoint {ckpt_path} ({there}); train one first, e.g. "
+                         f"python train.py config/train_shakespeare_char.py --out_dir={out_dir}")
+    try:
+        checkpoint = torch.load(ckpt_path, map_location='cpu', weights_only=True)
+    except Exception as e:  # truncated, corrupted or not torch.save output: torch raises several types
+        raise SystemExit(f"error: cannot read {ckpt_path}; is it truncated or corrupted? ({oneline(e)})")
+    try:
+        model = GPT(GPTConfig(**checkpoint['model_args']))
+        model.load_state_dict(checkpoint['model'])  # strict: every key and shape must match
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise SystemExit(f"error: {ckpt_path} does not match this model.py: {oneline(e)}")
+    dataset = checkpoint.get('config', {}).get('dataset')
+    if dataset:  # an existing folder as is, else data/<dataset>, as in train.py
+        repo = os.path.dirname(os.path.abspath(__file__))
+        data_dir = dataset if os.path.isdir(dataset) else os.path.join(repo, 'data', dataset)
+        meta_path = os.path.join(data_dir, 'meta.pkl')
+else:
+    try:
+        model = GPT.from_pretrained(init_from, dict(dropout=0.0))
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
+model.eval()
+model.to(device)
+if compile:
+    model.compile()  # in place: torch.compile(model) would wrap it, and generate would call the unwrapped model
+
+# ----------------------------------------------------------------------------- tokenizer
+char_level = os.path.isfile(meta_path)
+if char_level:
+    print(f"Loading meta from {meta_path}", file=sys.stderr)
+    with open(meta_path, 'rb') as f:
+        meta = pickle.load(f)
+    stoi, itos = meta['stoi'], meta['itos']
+    encode = lambda s: [stoi[c] for c in s]
+    token_bytes = lambda i: itos.get(i, '\ufffd').encode()  # a padded vocab may name ids itos lacks
+else:
+    import tiktoken
+    try:
+        enc = tiktoken.get_encoding('gpt2')
+    except Exception as e:  # offline without a cache it fails with whatever the download raised
+        raise SystemExit(f"error: cannot load tiktoken's gpt2 encoding ({oneline(e)}); offline, point "
+                         f"TIKTOKEN_CACHE_DIR at a folder holding its cached files")
+    encode = lambda s: enc.encode(s, allowed_special={'<|endoftext|>'})
+    token_bytes = lambda i: enc.decode_single_token_bytes(i) if i < enc.n_vocab else '\ufffd'.encode()
+
+# ----------------------------------------------------------------------------- prompt
+if start.startswith('FILE:'):
+    try:
+        with open(start[5:], encoding='utf-8') as f:
+            prompt = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise SystemExit(f"error: cannot read the prompt file {start[5:]!r}: {oneline(e)}")
+else:
+    prompt = unescape(start)
+if char_level and any(c not in stoi for c in prompt):
+    unknown = sorted(set(c for c in prompt if c not in stoi))
+    raise SystemExit(f"error: the prompt has characters that are not in the vocabulary of {meta_path}: "
+                     f"{' '.join(map(repr, unknown))}")
+ids = encode(prompt)
+if not ids:
+    raise SystemExit("error: the prompt is empty; give --start=TEXT (for GPT-2, '<|endoftext|>' starts afresh)")
+if max(ids) >= model.config.vocab_size:  # e.g. a character-level model whose data/ folder has moved
+    raise SystemExit(f"error: the prompt's token {max(ids)} is outside the model's vocab_size="
+                     f"{model.config.vocab_size}; a character-level model needs its dataset's meta.pkl "
+                     f"({meta_path or 'the checkpoint names no dataset'})")
+block_size = model.config.block_size
+if len(ids) > block_size:
+    print(f"warning: the prompt is {len(ids)} tokens, longer than the context of {block_size}; "
+          f"keeping its last {block_size}", file=sys.stderr)
+    ids = ids[-block_size:]
+x = torch.tensor(ids, dtype=torch.long, device=device)[None, ...]  # (1, T)
+
+
+# ----------------------------------------------------------------------------- generate
+def emit(text):
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def held_back(text, stop):
+    """How many characters at the end of text could be the start of stop, so must wait for more."""
+    return next((n for n in range(min(len(stop) - 1, len(text)), 0, -1) if text.endswith(stop[:n])), 0)
+
+
+torch.manual_seed(seed)  # seeded right before sampling: the same seed and settings give the same text
+with ctx:
+    for _ in range(num_samples):
+        # tokens are decoded as one UTF-8 byte stream, so a character split across BPE tokens prints once
+        # it is whole and the printed text is exactly the decoded sample
+        utf8 = codecs.getincrementaldecoder('utf-8')(errors='replace')
+        emit(utf8.decode(b''.join(token_bytes(i) for i in ids)))
+        pending = ''  # generated text not printed yet
+        for idx_next in model.generate_stream(x, max_new_tokens, temperature, top_k, top_p):
+            pending += utf8.decode(token_bytes(idx_next.item()))
+            if stop and stop in pending:
+                emit(pending[:pending.index(stop)])
+                break
+            cut = len(pending) - held_back(pending, stop)
+            emit(pending[:cut])
+            pending = pending[cut:]
+        else:
+            emit(pending + utf8.decode(b'', final=True))
+        emit('\n---------------\n')

@@ -1,0 +1,235 @@
+"""sample.py end to end: char-level and GPT-2 BPE checkpoints, streaming, stop strings, errors.
+
+    python -m pytest -q tests/test_sample.py
+
+Most runs execute sample.py inside the test process with runpy (argv set as on the command line), which
+saves the ~5 s start of a subprocess; two subprocess runs check what only a real process shows (one-line
+error, exit code, same text across processes), and one more samples from a model trained by train.py.
+"""
+import os
+import pickle
+import runpy
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO, TINY, run
+from model import GPT, GPTConfig
+
+SEP = '\n---------------\n'
+EOT = 50256  # GPT-2's <|endoftext|>
+CJK_PIECES = [17312, 105, 45739, 252]  # GPT-2 tokens b'\xe6\x9c' b'\xac' (本), b'\xe8\xaa' b'\x9e' (語)
+CACHE = os.environ.get('TIKTOKEN_CACHE_DIR', str(REPO.parent / 'shared' / 'tiktoken_cache'))
+
+
+def save_checkpoint(out_dir, model, dataset):
+    """The part of train.py's ckpt.pt that sample.py reads."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.save({'model': model.state_dict(), 'model_args': vars(model.config), 'iter_num': 0,
+                'best_val_loss': 9.9, 'config': {'dataset': str(dataset)}}, out_dir / 'ckpt.pt')
+    return out_dir
+
+
+@pytest.fixture
+def char_ckpt(tmp_path, char_dataset):
+    """(out_dir, model, meta) of a random tiny character-level model."""
+    with open(char_dataset / 'meta.pkl', 'rb') as f:
+        meta = pickle.load(f)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=meta['vocab_size'])).eval()
+    return save_checkpoint(tmp_path / 'out', model, char_dataset), model, meta
+
+
+@pytest.fixture
+def bpe_ckpt(tmp_path):
+    """(out_dir, model) of a GPT-2-vocabulary model that, whatever the input, draws uniformly from
+    CJK_PIECES and <|endoftext|>: its samples split characters across tokens and hit the stop token."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=32, vocab_size=50257)).eval()
+    with torch.no_grad():
+        model.transformer.ln_f.weight.zero_()  # every position's final features are ln_f.bias = e0
+        model.transformer.ln_f.bias.zero_()
+        model.transformer.ln_f.bias[0] = 1.0
+        model.lm_head.weight[:, 0] = -30.0     # so logits are lm_head.weight[:, 0]
+        model.lm_head.weight[CJK_PIECES + [EOT], 0] = 0.0
+    return save_checkpoint(tmp_path / 'out_bpe', model, tmp_path / 'no_such_dataset'), model
+
+
+@pytest.fixture
+def sample(monkeypatch, capsys):
+    """sample(*args) runs sample.py in this process and returns (stdout, stderr)."""
+    monkeypatch.setenv('TIKTOKEN_CACHE_DIR', CACHE)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models gain nothing from threads, which stall on a busy machine
+
+    def go(*args):
+        monkeypatch.setattr(sys, 'argv', ['sample.py', '--device=cpu', *map(str, args)])
+        runpy.run_path(str(REPO / 'sample.py'), run_name='__main__')
+        return capsys.readouterr()
+    yield go
+    torch.set_num_threads(threads)
+
+
+def samples(stdout):
+    """The samples in sample.py's stdout, without the configurator's 'Overriding' lines."""
+    lines = stdout.split('\n')
+    while lines and lines[0].startswith('Overriding'):
+        lines.pop(0)
+    parts = '\n'.join(lines).split(SEP)
+    assert parts[-1] == '', f"stdout does not end with the separator: {stdout[-200:]!r}"
+    return parts[:-1]
+
+
+def reference(model, ids, decode, seed, num_samples=1, **kw):
+    """What sample.py should print: model.generate from the same seed, decoded in one go."""
+    torch.manual_seed(seed)
+    x = torch.tensor([ids])
+    return [decode(model.generate(x, **kw)[0].tolist()) for _ in range(num_samples)]
+
+
+def gpt2_encoding():
+    os.environ.setdefault('TIKTOKEN_CACHE_DIR', CACHE)
+    import tiktoken
+    return tiktoken.get_encoding('gpt2')
+
+
+def test_char_samples_match_generate_and_repeat_with_seed(char_ckpt, sample):
+    out_dir, model, meta = char_ckpt
+    decode = lambda ids: ''.join(meta['itos'][i] for i in ids)
+    args = [f'--out_dir={out_dir}', '--start=All:\\n', '--num_samples=3', '--max_new_tokens=40', '--seed=7',
+            '--temperature=0.9', '--top_k=10']
+    got = samples(sample(*args).out)
+    ids = [meta['stoi'][c] for c in 'All:\n']  # \n in --start is a newline
+    assert got == reference(model, ids, decode, 7, 3, max_new_tokens=40, temperature=0.9, top_k=10)
+    assert len(set(got)) == 3 and all(s.startswith('All:\n') and len(s) == 45 for s in got)
+    assert samples(sample(*args).out) == got
+    assert samples(sample(*args, '--seed=8').out) != got
+
+
+def test_same_text_in_a_fresh_process(char_ckpt, sample, tmp_path):
+    out_dir, _, _ = char_ckpt
+    args = [f'--out_dir={out_dir}', '--device=cpu', '--num_samples=2', '--max_new_tokens=30', '--start=A']
+    p = run('sample.py', *args, cwd=tmp_path, env={'OMP_NUM_THREADS': '1'})  # as many threads as in here
+    assert samples(p.stdout) == samples(sample(*args).out)
+
+
+def test_temperature_zero_and_no_top_k(char_ckpt, sample):
+    out_dir, model, meta = char_ckpt
+    decode = lambda ids: ''.join(meta['itos'][i] for i in ids)
+    ids = [meta['stoi']['A']]
+    greedy = samples(sample(f'--out_dir={out_dir}', '--start=A', '--num_samples=2', '--max_new_tokens=20',
+                            '--temperature=0').out)
+    assert greedy == reference(model, ids, decode, 1337, 2, max_new_tokens=20, temperature=0)
+    assert greedy[0] == greedy[1]
+    nucleus = samples(sample(f'--out_dir={out_dir}', '--start=A', '--num_samples=1', '--max_new_tokens=20',
+                             '--top_k=None', '--top_p=0.5').out)
+    assert nucleus == reference(model, ids, decode, 1337, max_new_tokens=20, temperature=0.8, top_p=0.5)
+
+
+def test_stop_string_ends_the_sample_before_it(char_ckpt, sample):
+    out_dir, _, _ = char_ckpt
+    args = [f'--out_dir={out_dir}', '--start=A', '--num_samples=1', '--max_new_tokens=200', '--temperature=2.0']
+    full = samples(sample(*args).out)[0]
+    at = full.index('\n', 10)  # a two-character stop with a newline, passed escaped as on a command line
+    stop = full[at - 1:at + 1]
+    got = samples(sample(*args, '--stop=' + stop.replace('\n', '\\n')).out)[0]
+    assert got == full[:full.index(stop, 1)]
+
+
+def test_prompt_from_file_and_too_long(char_ckpt, sample, tmp_path):
+    out_dir, _, _ = char_ckpt
+    (tmp_path / 'prompt.txt').write_text('First Citizen:\nSpeak\\n')  # read verbatim: \\n stays
+    with pytest.raises(SystemExit, match=r"not in the vocabulary .*: '\\\\'"):
+        sample(f'--out_dir={out_dir}', f'--start=FILE:{tmp_path}/prompt.txt')
+    long_prompt = 'First Citizen:\nSpeak, speak.\n\nAll:\nYou are all resolved.\n'  # > block_size 32
+    (tmp_path / 'prompt.txt').write_text(long_prompt)
+    res = sample(f'--out_dir={out_dir}', f'--start=FILE:{tmp_path}/prompt.txt', '--num_samples=1',
+                 '--max_new_tokens=5')
+    assert samples(res.out)[0][:-5] == long_prompt[-32:]
+    assert f'warning: the prompt is {len(long_prompt)} tokens, longer than the context of 32; keeping its last 32' \
+        in res.err
+
+
+def test_bpe_stream_prints_the_decoded_sample(bpe_ckpt, sample):
+    out_dir, model = bpe_ckpt
+    enc = gpt2_encoding()
+    prompt = 'A<|endoftext|> 日本'  # the special token is allowed in a prompt, and is no stop inside it
+    ids = enc.encode(prompt, allowed_special={'<|endoftext|>'})
+    args = [f'--out_dir={out_dir}', f'--start={prompt}', '--num_samples=2', '--max_new_tokens=30',
+            '--temperature=1.0', '--top_k=None']
+    full = samples(sample(*args).out)
+    assert full == reference(model, ids, enc.decode, 1337, 2, max_new_tokens=30)
+    for s in full:  # CJK characters made of two tokens, broken ones, and end-of-text tokens
+        new = s[len(prompt):]
+        assert any('\u4e00' <= c <= '\u9fff' for c in new) and '\ufffd' in new and '<|endoftext|>' in new, new
+    first = samples(sample(*args, '--num_samples=1', '--stop=<|endoftext|>').out)[0]
+    assert first == full[0][:full[0].index('<|endoftext|>', len(prompt))]
+
+
+def test_from_pretrained_directory(tmp_path, sample):
+    from transformers import GPT2Config, GPT2LMHeadModel
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(GPT2Config(vocab_size=50257, n_positions=32, n_embd=32, n_layer=2, n_head=2))
+    hf.save_pretrained(tmp_path / 'tiny-gpt2')
+    model = GPT.from_pretrained(str(tmp_path / 'tiny-gpt2')).eval()
+    enc = gpt2_encoding()
+    got = samples(sample(f'--init_from={tmp_path}/tiny-gpt2', '--start=Hello, world', '--num_samples=1',
+                         '--max_new_tokens=10').out)
+    assert got == reference(model, enc.encode('Hello, world'), enc.decode, 1337, max_new_tokens=10,
+                            temperature=0.8, top_k=200)
+
+
+def test_missing_checkpoint_is_one_line(tmp_path):
+    (tmp_path / 'out').mkdir()
+    (tmp_path / 'out' / 'notes.txt').write_text('')
+    p = run('sample.py', '--out_dir=out', cwd=tmp_path, check=False)
+    assert p.returncode == 1 and 'Traceback' not in p.stderr
+    assert p.stderr.strip().splitlines()[-1] == (
+        "error: no checkpoint out/ckpt.pt (out holds: notes.txt); train one first, e.g. "
+        "python train.py config/train_shakespeare_char.py --out_dir=out")
+
+
+def test_errors(char_ckpt, sample, tmp_path):
+    out_dir, model, meta = char_ckpt
+    cases = [  # (flags, part of the message)
+        ([f'--out_dir={tmp_path}/nowhere'], 'nowhere does not exist'),
+        ([f'--out_dir={out_dir}', '--start=Zebra ~é'], "not in the vocabulary of .*meta.pkl: 'Z' 'b' '~' 'é'$"),
+        ([f'--out_dir={out_dir}', '--start=FILE:nope.txt'], "cannot read the prompt file 'nope.txt'"),
+        ([f'--out_dir={out_dir}', '--start='], 'the prompt is empty'),
+        ([f'--out_dir={out_dir}', '--device=cuda'], 'CUDA is not available'),
+        ([f'--out_dir={out_dir}', '--dtype=float8'], "dtype='float8'"),
+        ([f'--out_dir={out_dir}', '--top_k=0'], 'top_k=0 must be >= 1'),
+        ([f'--out_dir={out_dir}', '--top_p=1.5'], r'top_p=1\.5 must be in \(0, 1\]'),
+    ]
+    for flags, message in cases:
+        with pytest.raises(SystemExit, match=message):
+            sample(*flags)
+
+    ckpt = torch.load(out_dir / 'ckpt.pt', weights_only=True)
+    ckpt['model'].pop('lm_head.weight')
+    ckpt['model']['transformer.extra'] = torch.zeros(1)
+    torch.save(ckpt, out_dir / 'ckpt.pt')
+    with pytest.raises(SystemExit, match=r"does not match this model.py: RuntimeError: .*Missing key.*"
+                                         r"lm_head.weight.*Unexpected key.*transformer.extra"):
+        sample(f'--out_dir={out_dir}')
+
+    data = (out_dir / 'ckpt.pt').read_bytes()
+    (out_dir / 'ckpt.pt').write_bytes(data[:len(data) // 2])
+    with pytest.raises(SystemExit, match='cannot read .*ckpt.pt; is it truncated or corrupted'):
+        sample(f'--out_dir={out_dir}')
+
+    # the dataset folder is gone: the prompt falls back to GPT-2 tokens, which the char model lacks
+    save_checkpoint(out_dir, model, tmp_path / 'moved')
+    with pytest.raises(SystemExit, match=r"outside the model's vocab_size=\d+; .*needs its dataset's meta.pkl"):
+        sample(f'--out_dir={out_dir}', '--start=Hello')
+
+
+@pytest.mark.skipif(not (REPO / 'train.py').exists(), reason='train.py not written yet')
+def test_sample_from_train_py_checkpoint(char_dataset, tmp_path):
+    out, env = tmp_path / 'out', {'OMP_NUM_THREADS': '1'}  # a tiny model runs faster on one thread
+    run('train.py', *TINY, f'--dataset={char_dataset}', f'--out_dir={out}', cwd=tmp_path, env=env)
+    p = run('sample.py', f'--out_dir={out}', '--device=cpu', '--num_samples=2', '--max_new_tokens=20',
+            '--start=All:', cwd=tmp_path, env=env)
+    got = samples(p.stdout)
+    assert len(got) == 2 and all(s.startswith('All:') and len(s) == 24 for s in got)
