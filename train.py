@@ -10,6 +10,7 @@ $ torchrun --nproc_per_node=8 --nnodes=2 --node_rank=0 --master_addr=10.0.0.1 --
 $ torchrun --nproc_per_node=8 --nnodes=2 --node_rank=1 --master_addr=10.0.0.1 --master_port=1234 train.py
 Ctrl-C or SIGTERM: the current iteration ends, a checkpoint is saved, exit code 130 (143 for SIGTERM).
 """
+import atexit
 import hashlib
 import math
 import os
@@ -80,8 +81,6 @@ config = configure(globals())  # config files, then --key=value; the final value
 def fail(msg):
     """A user's mistake or a failed run: one line on stderr, exit code 1, no traceback."""
     print(f"error: {msg}", file=sys.stderr)
-    if dist.is_initialized():
-        dist.destroy_process_group()
     sys.exit(1)
 
 
@@ -118,6 +117,7 @@ if device_type == 'cuda':
     torch.cuda.set_device(device)
 if ddp:
     dist.init_process_group(backend=backend or ('nccl' if device_type == 'cuda' else 'gloo'))
+    atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())  # also after errors
 tokens_per_iter = gradient_accumulation_steps * world_size * batch_size * block_size
 if master_process:
     print(f"device {device}, dtype {dtype}, {world_size} process(es), tokens per iteration {tokens_per_iter:,}")
@@ -415,7 +415,6 @@ if ddp:  # DDP keeps the replicas identical by construction: verify it once, at 
     if master_process:
         print(f"parameters identical on all {world_size} processes" if len(set(digests)) == 1 else
               f"warning: parameters differ across processes: {digests}")
-    dist.destroy_process_group()
 if stopping:
     signum = stop_signal or signal.SIGTERM  # this process may not have been signalled itself
     if master_process:
