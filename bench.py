@@ -1,0 +1,236 @@
+"""Time the core of a training step (forward, backward, optimizer step) with nothing else in the way.
+
+    python bench.py                                   # GPT-2 124M shape, batch 12 x 1024, on a GPU
+    python bench.py config/bench_cpu_tiny.py          # a tiny shape, seconds on a laptop CPU
+    python bench.py --real_data=True --dataset=openwebtext   # windows of data/openwebtext/train.bin
+    python bench.py --profile=True                    # torch.profiler trace of the timed steps in out-bench/
+    python bench.py --mode=sample --batch_size=1      # generation tokens/s, KV cache vs full recompute
+    python bench.py --mode=sample --batch_size=1 --device=cpu --steps=1   # the same in about a minute on a CPU
+    python bench.py --json=True                       # also one JSON object on stdout's last line
+
+Timed steps are synchronized with the device (CUDA, MPS), so each step's time is its real duration.
+The tokens/s and MFU use the median step; MFU is against the GPU's dense bf16 peak (model.PEAK_FLOPS)
+and n/a where the peak is unknown (a CPU) unless --peak_flops is given.
+"""
+import os
+import pickle
+import sys
+import time
+from contextlib import nullcontext
+from json import dumps
+
+import numpy as np
+import torch
+
+from configurator import configure
+from model import GPT, GPTConfig, device_peak_flops, resolve_device, resolve_dtype
+
+# -----------------------------------------------------------------------------
+# what to time
+mode = 'train'  # 'train': forward + backward + step; 'sample': generate, cached vs uncached
+steps = 20 # timed steps (train) or timed generate calls per variant (sample)
+warmup = 10 # untimed steps first (train): compilation, allocator and caches settle
+max_new_tokens = 200 # sample mode: tokens generated per call, from a one-token prompt
+# data
+real_data = False # windows of the dataset's train.bin; False: one batch of random tokens
+dataset = 'openwebtext' # a folder holding train.bin, else data/<dataset>
+batch_size = 12
+block_size = 1024
+# model (GPT-2 124M)
+n_layer = 12
+n_head = 12
+n_embd = 768
+vocab_size = 50304 # with real_data, the dataset's meta.pkl vocab_size replaces it, as in train.py
+bias = False
+dropout = 0.0
+# optimizer (its cost depends on the parameter count, not on these values)
+learning_rate = 6e-4
+weight_decay = 0.1
+grad_clip = 1.0 # 0.0 disables
+# system
+seed = 1337
+device = 'auto' # 'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:1', 'mps'
+dtype = 'auto' # 'auto', 'float32', 'bfloat16' or 'float16'
+compile = True # torch.compile the model (train mode)
+num_threads = 0 # CPU threads for torch (torch.set_num_threads); 0 keeps torch's default
+peak_flops = 0.0 # device peak FLOP/s for MFU; 0.0: the CUDA device's bf16 peak from model.PEAK_FLOPS
+# output
+profile = False # trace the timed steps with torch.profiler (open in TensorBoard or Perfetto)
+profile_dir = 'out-bench' # folder the trace is written to
+json = False # print one JSON object with every figure as the last line of stdout
+# -----------------------------------------------------------------------------
+config = configure(globals())
+# -----------------------------------------------------------------------------
+
+if mode not in ('train', 'sample'):
+    raise SystemExit(f"error: mode={mode!r}: use 'train' or 'sample'")
+if steps < 1 or warmup < 0:
+    raise SystemExit(f"error: steps={steps} must be >= 1 and warmup={warmup} >= 0")
+try:
+    device = resolve_device(device)
+    dtype = resolve_dtype(device, dtype)
+except ValueError as e:
+    raise SystemExit(f"error: {e}")
+device_type = device.split(':')[0]
+if num_threads > 0:
+    torch.set_num_threads(num_threads)
+torch.manual_seed(seed)
+torch.backends.cuda.matmul.allow_tf32 = True  # float32 matmuls and convolutions on tensor cores
+torch.backends.cudnn.allow_tf32 = True
+ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
+ctx = nullcontext() if dtype == 'float32' else torch.autocast(device_type=device_type, dtype=ptdtype)
+
+
+def sync():
+    """Wait for the queued device work, so that a clock read covers it (a CPU runs eagerly)."""
+    if device_type == 'cuda':
+        torch.cuda.synchronize(device)
+    elif device_type == 'mps':
+        torch.mps.synchronize()
+
+
+def peak_memory_mb():
+    """Peak tensor memory on CUDA, else the process's peak resident set size (includes Python and torch)."""
+    if device_type == 'cuda':
+        return torch.cuda.max_memory_allocated(device) / 2**20, 'cuda max_memory_allocated'
+    import resource  # Unix only
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux, bytes on macOS
+    return maxrss / (2**20 if sys.platform == 'darwin' else 2**10), 'max RSS'
+
+
+# ---------------------------------------------------------------------------- data
+get_batch = None
+if real_data:
+    repo_data = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data')
+    data_dir = dataset if os.path.isdir(dataset) else os.path.join(repo_data, dataset)
+    train_bin = os.path.join(data_dir, 'train.bin')
+    if not os.path.exists(train_bin):
+        prepare = os.path.relpath(os.path.join(data_dir, 'prepare.py'))
+        raise SystemExit(f"error: {train_bin} not found: run  python {prepare}")
+    data = np.memmap(train_bin, dtype=np.uint16, mode='r')
+    if len(data) <= block_size:
+        raise SystemExit(f"error: {train_bin} has {len(data)} tokens, fewer than block_size+1={block_size + 1}")
+    meta_path = os.path.join(data_dir, 'meta.pkl')
+    if os.path.exists(meta_path):
+        with open(meta_path, 'rb') as f:
+            vocab_size = pickle.load(f)['vocab_size']
+
+    def get_batch():
+        ix = torch.randint(len(data) - block_size, (batch_size,)).tolist()
+        x = torch.stack([torch.from_numpy(data[i:i + block_size].astype(np.int64)) for i in ix])
+        y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + block_size].astype(np.int64)) for i in ix])
+        return x.to(device), y.to(device)
+else:
+    xy = torch.randint(vocab_size, (batch_size, block_size + 1), device=device)
+    X, Y = xy[:, :-1], xy[:, 1:]  # (B, T) each: the same batch every step
+
+# ---------------------------------------------------------------------------- model
+model = GPT(GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head,
+                      n_embd=n_embd, bias=bias, dropout=dropout)).to(device)
+n_params = model.get_num_params()
+print(f"device {device}, dtype {dtype}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads; "
+      f"{n_params / 1e6:.2f}M parameters, batch {batch_size} x {block_size}")
+result = {'mode': mode, 'device': device, 'dtype': dtype, 'torch': torch.__version__,
+          'threads': torch.get_num_threads(), 'n_params': n_params, 'batch_size': batch_size,
+          'block_size': block_size, 'n_layer': n_layer, 'n_head': n_head, 'n_embd': n_embd,
+          'vocab_size': vocab_size}
+
+
+def summary(times):
+    """Median, min and max of a list of durations in seconds, in ms."""
+    ms = np.array(times) * 1000
+    return {'ms_median': float(np.median(ms)), 'ms_min': float(ms.min()), 'ms_max': float(ms.max())}
+
+
+if mode == 'sample':
+    # ------------------------------------------------------------------------ generation
+    # the cache makes a step cost one position; without it every step re-encodes the whole sequence
+    if max_new_tokens >= block_size:
+        raise SystemExit(f"error: max_new_tokens={max_new_tokens} must be < block_size={block_size}")
+    model.eval()
+    prompt = torch.zeros((batch_size, 1), dtype=torch.long, device=device)
+    with ctx:
+        for use_cache in (True, False):
+            model.generate(prompt, 8, use_cache=use_cache)  # burn-in: allocator and kernels settle
+    times = {True: [], False: []}
+    for _ in range(steps):  # interleaved, so a change in machine load hits both alike
+        for use_cache in (True, False):
+            sync()
+            t0 = time.perf_counter()
+            with ctx:
+                model.generate(prompt, max_new_tokens, use_cache=use_cache)
+            sync()
+            times[use_cache].append(time.perf_counter() - t0)
+    for use_cache, name in ((True, 'cached'), (False, 'uncached')):
+        s = summary(times[use_cache])
+        s['tokens_per_s'] = batch_size * max_new_tokens / (s['ms_median'] / 1000)
+        result[name] = s
+        print(f"{name:>8}: {max_new_tokens} tokens x batch {batch_size} in {s['ms_median']:.1f} ms "
+              f"(min {s['ms_min']:.1f}, max {s['ms_max']:.1f}), {s['tokens_per_s']:,.1f} tokens/s")
+    result['max_new_tokens'] = max_new_tokens
+    result['cache_speedup'] = result['cached']['tokens_per_s'] / result['uncached']['tokens_per_s']
+    print(f"KV cache speedup: {result['cache_speedup']:.2f}x")
+else:
+    # ------------------------------------------------------------------------ training step
+    optimizer = model.configure_optimizers(weight_decay, learning_rate, (0.9, 0.95), device_type)
+    scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
+    raw_model = model
+    if compile:
+        model = torch.compile(model)
+
+    def train_step(x, y):
+        with ctx:
+            _, loss = model(x, y)
+        scaler.scale(loss).backward()
+        if grad_clip != 0.0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    if profile:
+        # burn-in steps are the profiler's warmup (traced, then dropped); the timed steps are kept
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if device_type == 'cuda':
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        prof = torch.profiler.profile(
+            activities=activities, schedule=torch.profiler.schedule(wait=0, warmup=warmup, active=steps, repeat=1),
+            on_trace_ready=torch.profiler.tensorboard_trace_handler(profile_dir), record_shapes=True)
+    else:
+        prof = nullcontext()
+    if device_type == 'cuda':
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    with prof:
+        for it in range(warmup + steps):
+            if get_batch is not None:
+                X, Y = get_batch()  # fetched outside the clock: only the step is timed
+            sync()
+            t0 = time.perf_counter()
+            loss = train_step(X, Y)
+            sync()
+            times.append(time.perf_counter() - t0)
+            if profile:
+                prof.step()
+    s = summary(times[warmup:])
+    dt = s['ms_median'] / 1000
+    s['first_step_ms'] = times[0] * 1000  # includes compilation with compile=True
+    s['tokens_per_s'] = batch_size * block_size / dt
+    peak = peak_flops or (device_peak_flops(torch.cuda.get_device_name(device)) if device_type == 'cuda' else 0)
+    s['mfu'] = raw_model.estimate_mfu(batch_size, dt, peak_flops=peak) if peak else None
+    s['peak_mem_mb'], s['mem_kind'] = peak_memory_mb()
+    s['loss'] = loss.item()
+    result.update(s, compile=compile, real_data=real_data, steps=steps, warmup=warmup)
+    mfu = f"{s['mfu'] * 100:.2f}%" if s['mfu'] is not None else 'n/a'
+    print(f"{steps} steps after {warmup} burn-in: {s['ms_median']:.2f} ms/iter median "
+          f"(min {s['ms_min']:.2f}, max {s['ms_max']:.2f}), {s['tokens_per_s']:,.0f} tokens/s, mfu {mfu}, "
+          f"peak memory {s['peak_mem_mb']:,.0f} MiB ({s['mem_kind']}); first step {s['first_step_ms']:.0f} ms, "
+          f"loss {s['loss']:.4f}")
+    if profile:
+        print(f"profiler trace written to {profile_dir}/ (tensorboard --logdir={profile_dir}, or load the "
+              f".json in ui.perfetto.dev)")
+
+if json:
+    print(dumps(result))

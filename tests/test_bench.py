@@ -1,0 +1,48 @@
+"""bench.py on a tiny shape, on the CPU, as subprocesses:  python -m pytest -q tests/test_bench.py"""
+import json
+import pickle
+
+from conftest import run
+
+TINY_BENCH = ['--device=cpu', '--compile=False', '--dtype=float32', '--n_layer=2', '--n_head=2', '--n_embd=32',
+              '--block_size=32', '--batch_size=2', '--steps=3', '--warmup=1', '--json=True']
+
+
+def last_json(p):
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def test_train_step_figures(tmp_path):
+    r = last_json(run('bench.py', *TINY_BENCH, '--vocab_size=96', '--peak_flops=1e12', cwd=tmp_path))
+    assert r['mode'] == 'train' and r['device'] == 'cpu' and r['batch_size'] == 2 and r['block_size'] == 32
+    assert 0 < r['ms_min'] <= r['ms_median'] <= r['ms_max']
+    assert r['tokens_per_s'] > 0 and r['peak_mem_mb'] > 0
+    assert 0 < r['mfu'] < 1  # a peak was given, so MFU is computed even on a CPU
+
+
+def test_real_data_with_profile(tmp_path, char_dataset):
+    trace_dir = tmp_path / 'trace'
+    p = run('bench.py', *TINY_BENCH, f'--dataset={char_dataset}', '--real_data=True', '--profile=True',
+            f'--profile_dir={trace_dir}', cwd=tmp_path)
+    r = last_json(p)
+    meta = pickle.loads((char_dataset / 'meta.pkl').read_bytes())
+    assert r['vocab_size'] == meta['vocab_size']  # the dataset's, as in train.py
+    assert r['mfu'] is None and 'mfu n/a' in p.stdout  # no known peak for a CPU
+    assert r['tokens_per_s'] > 0
+    assert list(trace_dir.glob('*.pt.trace.json')), f"no trace in {trace_dir}: {list(trace_dir.iterdir())}"
+
+
+def test_sample_mode(tmp_path):
+    r = last_json(run('bench.py', *TINY_BENCH, '--mode=sample', '--max_new_tokens=8', '--batch_size=1',
+                      cwd=tmp_path))
+    assert r['cached']['tokens_per_s'] > 0 and r['uncached']['tokens_per_s'] > 0
+    assert r['cache_speedup'] > 0
+
+
+def test_bad_input_is_one_line(tmp_path):
+    p = run('bench.py', *TINY_BENCH, '--device=tpu', cwd=tmp_path, check=False)
+    assert p.returncode != 0
+    assert p.stderr.strip().count('\n') == 0 and "device='tpu'" in p.stderr, p.stderr
+    p = run('bench.py', *TINY_BENCH, '--real_data=True', '--dataset=no_such_set', cwd=tmp_path, check=False)
+    assert p.returncode != 0
+    assert 'not found: run  python' in p.stderr and 'no_such_set' in p.stderr and 'Traceback' not in p.stderr
