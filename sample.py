@@ -1,13 +1,14 @@
-"""Sample from a model trained with train.py, or from OpenAI's GPT-2 weights.
+r"""Sample from a model trained with train.py, or from OpenAI's GPT-2 weights.
 
     python sample.py --out_dir=out-shakespeare-char
     python sample.py --init_from=gpt2-xl --start="What is the answer to life?" --num_samples=5 --max_new_tokens=100
-    python sample.py --out_dir=out-shakespeare-char --start=FILE:prompt.txt --stop='\\n\\n' --temperature=0
+    python sample.py --out_dir=out-shakespeare-char --start=FILE:prompt.txt --stop='\n\n' --temperature=0
 
-Samples are drawn one at a time and printed token by token as they come; each is followed by a line of
-dashes. In --start and --stop the escapes \\n, \\t and \\\\ stand for a newline, a tab and a backslash (any
-other backslash is kept as it is); a FILE: prompt is read verbatim. A sample ends early, just before the
-stop text, when that text appears in what the model wrote (the prompt is not searched).
+Samples are drawn one at a time and printed token by token as they come, or with --batch=True all at
+once (faster, printed when all are done); each is followed by a line of dashes. A sample ends early, just
+before the stop text, when that text appears in what the model wrote (the prompt is not searched).
+In --start and --stop the escapes \n, \t and \\ stand for a newline, a tab and a backslash (any other
+backslash is kept as it is); a FILE: prompt is read verbatim.
 """
 import codecs
 import os
@@ -34,6 +35,7 @@ stop = ''             # end a sample where this text appears in it ('\n\n', '<|e
 seed = 1337
 device = 'auto'       # 'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:1', 'mps'
 dtype = 'auto'        # 'auto' (bfloat16 on GPUs that have it, float32 on CPU), 'float32', 'bfloat16', 'float16'
+batch = False         # draw all num_samples at once: faster, but each is printed only when all are done
 compile = False       # torch.compile the forward (slow to start; pays off for long runs on a GPU)
 _optional = ('top_k', 'top_p')  # settings that --key=None may turn off
 # -----------------------------------------------------------------------------
@@ -163,22 +165,34 @@ def held_back(text, stop):
     return next((n for n in range(min(len(stop) - 1, len(text)), 0, -1) if text.endswith(stop[:n])), 0)
 
 
+def draw(n):
+    """Draw n samples as one batch. A single sample is printed token by token, several once all are done."""
+    # each sample's tokens go through one incremental UTF-8 decoder, so a character split across BPE
+    # tokens is printed once it is whole, and the printed text is exactly the decoded sample
+    utf8 = [codecs.getincrementaldecoder('utf-8')(errors='replace') for _ in range(n)]
+    head = [d.decode(b''.join(token_bytes(i) for i in ids)) for d in utf8]  # the prompt
+    gen = [''] * n     # text generated so far
+    ends = [None] * n  # where a sample's text ends once the stop text has appeared in it
+    printed = 0        # characters of gen[0] printed so far (n == 1)
+    if n == 1:
+        emit(head[0])
+    for idx_next in model.generate_stream(x.expand(n, -1), max_new_tokens, temperature, top_k, top_p):
+        for i, token in enumerate(idx_next[:, 0].tolist()):
+            if ends[i] is None:
+                gen[i] += utf8[i].decode(token_bytes(token))
+                ends[i] = gen[i].index(stop) if stop and stop in gen[i] else None
+        if n == 1:
+            cut = ends[0] if ends[0] is not None else len(gen[0]) - held_back(gen[0], stop)
+            emit(gen[0][printed:cut])
+            printed = cut
+        if None not in ends:
+            break
+    for i in range(n):
+        text = gen[i][:ends[i]] if ends[i] is not None else gen[i] + utf8[i].decode(b'', final=True)
+        emit((text[printed:] if n == 1 else head[i] + text) + '\n---------------\n')
+
+
 torch.manual_seed(seed)  # seeded right before sampling: the same seed and settings give the same text
 with ctx:
-    for _ in range(num_samples):
-        # tokens are decoded as one UTF-8 byte stream, so a character split across BPE tokens prints once
-        # it is whole and the printed text is exactly the decoded sample
-        utf8 = codecs.getincrementaldecoder('utf-8')(errors='replace')
-        emit(utf8.decode(b''.join(token_bytes(i) for i in ids)))
-        pending = ''  # generated text not printed yet
-        for idx_next in model.generate_stream(x, max_new_tokens, temperature, top_k, top_p):
-            pending += utf8.decode(token_bytes(idx_next.item()))
-            if stop and stop in pending:
-                emit(pending[:pending.index(stop)])
-                break
-            cut = len(pending) - held_back(pending, stop)
-            emit(pending[:cut])
-            pending = pending[cut:]
-        else:
-            emit(pending + utf8.decode(b'', final=True))
-        emit('\n---------------\n')
+    for _ in range(0, num_samples, num_samples if batch else 1):
+        draw(num_samples if batch else 1)

@@ -81,11 +81,12 @@ def samples(stdout):
     return parts[:-1]
 
 
-def reference(model, ids, decode, seed, num_samples=1, **kw):
+def reference(model, ids, decode, seed, num_samples=1, batch=False, **kw):
     """What sample.py should print: model.generate from the same seed, decoded in one go."""
     torch.manual_seed(seed)
-    x = torch.tensor([ids])
-    return [decode(model.generate(x, **kw)[0].tolist()) for _ in range(num_samples)]
+    if batch:
+        return [decode(row) for row in model.generate(torch.tensor([ids] * num_samples), **kw).tolist()]
+    return [decode(model.generate(torch.tensor([ids]), **kw)[0].tolist()) for _ in range(num_samples)]
 
 
 def gpt2_encoding():
@@ -105,6 +106,21 @@ def test_char_samples_match_generate_and_repeat_with_seed(char_ckpt, sample):
     assert len(set(got)) == 3 and all(s.startswith('All:\n') and len(s) == 45 for s in got)
     assert samples(sample(*args).out) == got
     assert samples(sample(*args, '--seed=8').out) != got
+    batched = samples(sample(*args, '--batch=True').out)
+    assert batched == reference(model, ids, decode, 7, 3, batch=True, max_new_tokens=40, temperature=0.9, top_k=10)
+
+
+def test_one_sample_at_a_time_is_printed_token_by_token(char_ckpt, sample, monkeypatch):
+    out_dir, _, _ = char_ckpt
+    flushes = []  # what had been written at each flush
+
+    class Stdout(list):
+        write = list.append
+        flush = lambda self: flushes.append(''.join(self))
+    monkeypatch.setattr(sys, 'stdout', Stdout())
+    sample(f'--out_dir={out_dir}', '--start=A', '--num_samples=2', '--max_new_tokens=20')
+    assert len(samples(flushes[-1])) == 2
+    assert len(set(flushes)) > 2 * 20  # the text grew at least once per token
 
 
 def test_same_text_in_a_fresh_process(char_ckpt, sample, tmp_path):
@@ -165,6 +181,11 @@ def test_bpe_stream_prints_the_decoded_sample(bpe_ckpt, sample):
         assert any('\u4e00' <= c <= '\u9fff' for c in new) and '\ufffd' in new and '<|endoftext|>' in new, new
     first = samples(sample(*args, '--num_samples=1', '--stop=<|endoftext|>').out)[0]
     assert first == full[0][:full[0].index('<|endoftext|>', len(prompt))]
+    # a batch ends when every sample has met the stop text; each is cut there
+    full = samples(sample(*args, '--batch=True').out)
+    assert full == reference(model, ids, enc.decode, 1337, 2, batch=True, max_new_tokens=30)
+    cut = samples(sample(*args, '--batch=True', '--stop=<|endoftext|>').out)
+    assert cut == [s[:s.index('<|endoftext|>', len(prompt))] for s in full]
 
 
 def test_from_pretrained_directory(tmp_path, sample):
