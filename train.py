@@ -415,6 +415,7 @@ if ddp:  # DDP keeps the replicas identical by construction: verify it once, at 
     if master_process:
         print(f"parameters identical on all {world_size} processes" if len(set(digests)) == 1 else
               f"warning: parameters differ across processes: {digests}")
+    dist.destroy_process_group()
 if stopping:
     signum = stop_signal or signal.SIGTERM  # this process may not have been signalled itself
     if master_process:
