@@ -87,8 +87,6 @@ class CausalSelfAttention(nn.Module):
         if kv_cache is not None:
             past = kv_cache.pos
             k, v = kv_cache.update(self.layer_idx, k, v)   # (B, nh, past + T, hs)
-        if past and T > 1:
-            raise NotImplementedError("a cached forward takes either a fresh prompt or one new token")
         # flash / memory-efficient kernels on CUDA; a single new token may attend to every cached one
         y = F.scaled_dot_product_attention(q, k, v, is_causal=(past == 0),
                                            dropout_p=self.dropout if self.training else 0.0)
@@ -246,6 +244,8 @@ class GPT(nn.Module):
         loss None. With a KVCache, idx continues the sequence the cache holds."""
         B, T = idx.size()
         past = kv_cache.pos if kv_cache is not None else 0
+        if past and T > 1:  # checked before any layer writes into the cache
+            raise NotImplementedError("a cached forward takes either a fresh prompt or one new token")
         if past + T > self.config.block_size:
             raise ValueError(f"sequence of length {past + T} is longer than block_size={self.config.block_size}")
         pos = torch.arange(past, past + T, dtype=torch.long, device=idx.device)  # (T,)
@@ -321,12 +321,13 @@ class GPT(nn.Module):
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({'fused': True} if fused else {}))
 
     def estimate_mfu(self, fwdbwd_per_iter, dt, peak_flops=None):
-        """Model FLOPs utilization: achieved FLOP/s over peak_flops (default: the current CUDA device's
-        bf16 peak from PEAK_FLOPS). None when the peak is unknown, e.g. on a CPU.
+        """Model FLOPs utilization: achieved FLOP/s over peak_flops (default: the bf16 peak of the GPU the
+        model is on, from PEAK_FLOPS). None when the peak is unknown, e.g. on a CPU.
 
         FLOPs per token 6N + 12 L H Q T, N the non-embedding parameters (PaLM, Chowdhery et al. 2022, App. B)."""
-        if peak_flops is None and torch.cuda.is_available():
-            peak_flops = device_peak_flops(torch.cuda.get_device_name())
+        weight = self.lm_head.weight
+        if peak_flops is None and weight.is_cuda:  # a model on the CPU is not measured against a GPU
+            peak_flops = device_peak_flops(torch.cuda.get_device_name(weight.device))
         if not peak_flops:
             return None
         cfg = self.config

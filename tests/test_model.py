@@ -231,3 +231,23 @@ def test_from_pretrained_overrides_and_errors(tmp_path):
         GPT.from_pretrained(str(path), dict(n_layer=3))
     with pytest.raises(ValueError, match='cannot load GPT-2 weights'):
         GPT.from_pretrained(str(tmp_path / 'nowhere'))
+
+
+def test_mfu_of_a_cpu_model_on_a_gpu_machine_is_not_against_the_gpu(monkeypatch):
+    """Regression: estimate_mfu looked up the CUDA device's peak whenever CUDA was available,
+    even for a model whose parameters are on the CPU."""
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'get_device_name', lambda *a: 'NVIDIA H100 80GB HBM3')
+    assert tiny_model().estimate_mfu(4, 0.1) is None
+
+
+def test_rejected_cached_call_leaves_the_cache_untouched():
+    """Regression: a cached forward of T > 1 tokens on a non-empty cache raised only after it had
+    written its keys and values into the cache."""
+    model = tiny_model()
+    cache = KVCache(model.config)
+    model(torch.randint(0, 65, (1, 5)), kv_cache=cache)
+    before = cache.kv.clone()
+    with pytest.raises(NotImplementedError):
+        model(torch.randint(0, 65, (1, 3)), kv_cache=cache)
+    assert cache.pos == 5 and torch.equal(cache.kv, before)
