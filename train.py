@@ -113,8 +113,8 @@ try:
 except ValueError as e:
     fail(e)
 device_type = device.split(':')[0]
-if device_type == 'cuda':
-    torch.cuda.set_device(device)
+if ddp and device_type == 'cuda':
+    torch.cuda.set_device(device)  # set_device needs an index: a single process keeps the default GPU
 if ddp:
     dist.init_process_group(backend=backend or ('nccl' if device_type == 'cuda' else 'gloo'))
     atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())  # also after errors

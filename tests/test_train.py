@@ -210,3 +210,22 @@ def test_wandb_offline_and_resume_continues_the_run(char_dataset, tmp_path):
     assert run_id and list((tmp_path / 'wandb').glob(f'offline-run-*-{run_id}'))
     train(char_dataset, tmp_path / 'out', '--wandb_log=True', '--max_iters=8', '--init_from=resume', cwd=tmp_path)
     assert load(tmp_path / 'out' / 'ckpt.pt')['wandb_run_id'] == run_id
+
+
+def test_single_gpu_setup_gets_past_device_selection(char_dataset, tmp_path):
+    """Regression: train.py called torch.cuda.set_device('cuda'), which raises 'Expected a torch.device
+    with a specified index' on every single-GPU run. CUDA is faked here (a sitecustomize shim) so the
+    run goes through the CUDA setup path; it fails later, at the first real CUDA tensor."""
+    shim = tmp_path / 'shim'
+    shim.mkdir()
+    (shim / 'sitecustomize.py').write_text(
+        "import torch\n"
+        "from torch._utils import _get_device_index\n"
+        "torch.cuda.is_available = lambda: True\n"
+        "torch.cuda.is_bf16_supported = lambda *a, **k: True\n"
+        "torch.cuda.set_device = lambda d: _get_device_index(torch.device(d) if isinstance(d, str) else d)\n")
+    args = [a for a in TINY if not a.startswith(('--device', '--dtype'))]
+    p = run('train.py', *args, f'--dataset={char_dataset}', f'--out_dir={tmp_path / "out"}', '--device=cuda',
+            check=False, env={'PYTHONPATH': str(shim)})
+    assert 'specified index' not in p.stderr, p.stderr[-2000:]
+    assert 'device cuda, dtype bfloat16, 1 process(es)' in p.stdout, p.stderr[-2000:]
