@@ -312,8 +312,12 @@ stop_signal = None
 def on_signal(signum, frame):
     global stop_signal
     if stop_signal is not None:
-        print("second interrupt: exiting now without a checkpoint", file=sys.stderr)
-        os._exit(128 + signum)
+        # a second Ctrl-C quits at once; anything else (torchrun's SIGTERM to its workers after a
+        # Ctrl-C, a repeated preemption notice) waits for the checkpoint being prepared
+        if signum == signal.SIGINT == stop_signal:
+            print("second interrupt: exiting now without a checkpoint", file=sys.stderr)
+            os._exit(128 + signum)
+        return
     stop_signal = signum
     if master_process:
         print(f"{signal.Signals(signum).name}: finishing this iteration, then saving a checkpoint "

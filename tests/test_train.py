@@ -229,3 +229,21 @@ def test_single_gpu_setup_gets_past_device_selection(char_dataset, tmp_path):
             check=False, env={'PYTHONPATH': str(shim)})
     assert 'specified index' not in p.stderr, p.stderr[-2000:]
     assert 'device cuda, dtype bfloat16, 1 process(es)' in p.stdout, p.stderr[-2000:]
+
+
+def test_sigterm_after_sigint_still_saves(char_dataset, tmp_path):
+    """Regression: under torchrun a Ctrl-C reaches the workers from the terminal and torchrun then
+    sends them SIGTERM; that SIGTERM counted as a second Ctrl-C and killed them without a checkpoint.
+    Only a repeated SIGINT quits at once."""
+    proc = subprocess.Popen([sys.executable, str(REPO / 'train.py'), *TINY, f'--dataset={char_dataset}',
+                             f'--out_dir={tmp_path / "out"}', '--max_iters=100000', '--eval_interval=1000'],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONUNBUFFERED='1'))
+    for line in proc.stdout:
+        if line.startswith('iter 3:'):
+            proc.send_signal(signal.SIGINT)
+            proc.send_signal(signal.SIGTERM)
+            break
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert load(tmp_path / 'out' / 'ckpt.pt')['iter_num'] >= 3
