@@ -100,11 +100,16 @@ def test_finetune_from_local_hf_directory(tmp_path):
     assert 'iter 3: loss' in p.stdout
 
 
-def test_sigint_saves_the_last_completed_iteration(char_dataset, tmp_path):
-    proc = subprocess.Popen([sys.executable, str(REPO / 'train.py'), *TINY, f'--dataset={char_dataset}',
-                             f'--out_dir={tmp_path / "out"}', '--max_iters=100000', '--eval_interval=1000'],
+def start_long_run(data, out):
+    """A tiny training run that would go on for a long time, to be interrupted."""
+    return subprocess.Popen([sys.executable, str(REPO / 'train.py'), *TINY, f'--dataset={data}',
+                             f'--out_dir={out}', '--max_iters=100000', '--eval_interval=1000'],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, PYTHONUNBUFFERED='1'))
+
+
+def test_sigint_saves_the_last_completed_iteration(char_dataset, tmp_path):
+    proc = start_long_run(char_dataset, tmp_path / 'out')
     for line in proc.stdout:
         if line.startswith('iter 5:'):
             proc.send_signal(signal.SIGINT)
@@ -235,10 +240,7 @@ def test_sigterm_after_sigint_still_saves(char_dataset, tmp_path):
     """Regression: under torchrun a Ctrl-C reaches the workers from the terminal and torchrun then
     sends them SIGTERM; that SIGTERM counted as a second Ctrl-C and killed them without a checkpoint.
     Only a repeated SIGINT quits at once."""
-    proc = subprocess.Popen([sys.executable, str(REPO / 'train.py'), *TINY, f'--dataset={char_dataset}',
-                             f'--out_dir={tmp_path / "out"}', '--max_iters=100000', '--eval_interval=1000'],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONUNBUFFERED='1'))
+    proc = start_long_run(char_dataset, tmp_path / 'out')
     for line in proc.stdout:
         if line.startswith('iter 3:'):
             proc.send_signal(signal.SIGINT)
