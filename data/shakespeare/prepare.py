@@ -16,7 +16,7 @@ import tiktoken
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
 # the same text, fetched and cached the same way as for the character-level dataset
-from data.shakespeare_char.prepare import text_from_command_line, write_atomic  # noqa: E402
+from data.shakespeare_char.prepare import main, write_atomic  # noqa: E402
 
 
 def gpt2_encoding():
@@ -43,14 +43,7 @@ def prepare(text: str, out_dir: str) -> dict:
 
 
 if __name__ == '__main__':
-    text, out_dir = text_from_command_line(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        counts = prepare(text, out_dir)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
-    print(f"train has {counts['train']:,} tokens")
-    print(f"val has {counts['val']:,} tokens")
-    print(f"wrote train.bin, val.bin to {out_dir}")
+    main(prepare, __file__)
 
 # tiny Shakespeare (1,115,394 characters):
 # train has 301,966 tokens

@@ -95,16 +95,22 @@ def text_from_command_line(default_out_dir):
     return text, cfg['out_dir']
 
 
-if __name__ == '__main__':
-    text, out_dir = text_from_command_line(os.path.dirname(os.path.abspath(__file__)))
+def main(prepare_fn, script_file):
+    """A prepare script's command line: load the text, prepare it into out_dir, print the counts."""
+    text, out_dir = text_from_command_line(os.path.dirname(os.path.abspath(script_file)))
     try:
-        counts = prepare(text, out_dir)
+        counts = prepare_fn(text, out_dir)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
-    print(f"vocab size: {counts['vocab_size']:,}")
+    if 'vocab_size' in counts:
+        print(f"vocab size: {counts['vocab_size']:,}")
     print(f"train has {counts['train']:,} tokens")
     print(f"val has {counts['val']:,} tokens")
-    print(f"wrote train.bin, val.bin, meta.pkl to {out_dir}")
+    print(f"wrote {'train.bin, val.bin, meta.pkl' if 'vocab_size' in counts else 'train.bin, val.bin'} to {out_dir}")
+
+
+if __name__ == '__main__':
+    main(prepare, __file__)
 
 # tiny Shakespeare (1,115,394 characters):
 # vocab size: 65
