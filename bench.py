@@ -75,8 +75,7 @@ device_type = device.split(':')[0]
 if num_threads > 0:
     torch.set_num_threads(num_threads)
 torch.manual_seed(seed)
-torch.backends.cuda.matmul.allow_tf32 = True  # float32 matmuls and convolutions on tensor cores
-torch.backends.cudnn.allow_tf32 = True
+torch.set_float32_matmul_precision('high')  # TF32 matmuls on Ampere+ GPUs
 ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
 ctx = nullcontext() if dtype == 'float32' else torch.autocast(device_type=device_type, dtype=ptdtype)
 

@@ -69,8 +69,7 @@ try:
 except ValueError as e:
     raise SystemExit(f"error: {e}")
 device_type = device.split(':')[0]
-torch.backends.cuda.matmul.allow_tf32 = True  # allow tf32 on matmul
-torch.backends.cudnn.allow_tf32 = True  # allow tf32 on cudnn
+torch.set_float32_matmul_precision('high')  # TF32 matmuls on Ampere+ GPUs
 ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
 ctx = nullcontext() if dtype == 'float32' else torch.amp.autocast(device_type=device_type, dtype=ptdtype)
 
