@@ -45,6 +45,27 @@ class LayerNorm(nn.Module):
         return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
 
 
+class Linear(nn.Linear):
+    """nn.Linear that spreads a one-row input over the CPU's threads.
+
+    A one-row matmul (a decoding step at batch 1) reads the whole weight for two FLOPs per element, so
+    it runs at memory speed, yet the BLAS sizes its threading by FLOPs and uses one core. Splitting the
+    weight's rows into one chunk per thread makes it a batched matmul that every core helps read."""
+
+    def forward(self, x):
+        on_cpu = x.device.type == 'cpu' and not torch.compiler.is_compiling()  # compile can't trace the next call
+        n = torch.get_num_threads() if on_cpu else 1
+        if n == 1 or x.numel() != self.in_features or self.out_features % n:
+            return super().forward(x)
+        w = self.weight.view(n, self.out_features // n, self.in_features)
+        x_col = x.reshape(1, -1).t().expand(n, -1, -1)  # (n, in, 1), the same row for every chunk
+        if self.bias is None:
+            y = torch.bmm(w, x_col)
+        else:
+            y = torch.baddbmm(self.bias.view(n, -1, 1), w, x_col)
+        return y.view(x.shape[:-1] + (self.out_features,))
+
+
 class KVCache:
     """Keys and values of the positions seen so far, preallocated for block_size positions.
 
@@ -52,18 +73,20 @@ class KVCache:
 
     def __init__(self, config):
         self.config = config
-        self.kv = None  # (n_layer, 2, B, nh, block_size, hs), allocated on first use with k's dtype
-        self.pos = 0    # positions filled so far
+        self.k = self.v = None  # (n_layer, B, nh, block_size, hs) each, allocated on first use with k's dtype
+        self.pos = 0            # positions filled so far
 
     def update(self, layer, k, v):
         B, nh, T, hs = k.shape
-        if self.kv is None:
-            shape = (self.config.n_layer, 2, B, nh, self.config.block_size, hs)
-            self.kv = torch.empty(shape, dtype=k.dtype, device=k.device)
+        if self.k is None:
+            shape = (self.config.n_layer, B, nh, self.config.block_size, hs)
+            self.k = torch.empty(shape, dtype=k.dtype, device=k.device)
+            self.v = torch.empty_like(self.k)
         end = self.pos + T
-        self.kv[layer, 0, :, :, self.pos:end] = k
-        self.kv[layer, 1, :, :, self.pos:end] = v
-        return self.kv[layer, 0, :, :, :end], self.kv[layer, 1, :, :, :end]  # (B, nh, end, hs)
+        keys, values = self.k[layer], self.v[layer]
+        keys.narrow(2, self.pos, T).copy_(k)
+        values.narrow(2, self.pos, T).copy_(v)
+        return keys.narrow(2, 0, end), values.narrow(2, 0, end)  # (B, nh, end, hs)
 
 
 class CausalSelfAttention(nn.Module):
@@ -72,17 +95,14 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.layer_idx = layer_idx
         self.n_head, self.n_embd, self.dropout = config.n_head, config.n_embd, config.dropout
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v at once
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.c_attn = Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v at once
+        self.c_proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x, kv_cache=None):
         B, T, C = x.size()
-        hs = C // self.n_head
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        qkv = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head)
+        q, k, v = qkv.transpose(1, 3).unbind(2)  # each (B, nh, T, hs)
         past = 0
         if kv_cache is not None:
             past = kv_cache.pos
@@ -90,7 +110,7 @@ class CausalSelfAttention(nn.Module):
         # flash / memory-efficient kernels on CUDA; a single new token may attend to every cached one
         y = F.scaled_dot_product_attention(q, k, v, is_causal=(past == 0),
                                            dropout_p=self.dropout if self.training else 0.0)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
+        y = y.transpose(1, 2).reshape(B, T, C)  # heads side by side again
         return self.resid_dropout(self.c_proj(y))
 
 
@@ -98,9 +118,9 @@ class MLP(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_fc = Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.gelu = nn.GELU(approximate='tanh')  # GPT-2 was trained with the tanh approximation
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj = Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
@@ -212,7 +232,7 @@ class GPT(nn.Module):
             h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
             ln_f=LayerNorm(config.n_embd, bias=config.bias),
         ))
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
         # weight tying (Press & Wolf 2017): the output projection is the token embedding, as in GPT-2
         self.transformer.wte.weight = self.lm_head.weight
         # init (GPT-2): every Linear/Embedding weight N(0, 0.02), biases 0, LayerNorm (1, 0);
@@ -256,7 +276,7 @@ class GPT(nn.Module):
         if kv_cache is not None:
             kv_cache.pos += T
         if targets is None:
-            return self.lm_head(x[:, [-1], :]), None  # (B, 1, V): list index keeps the time dim
+            return self.lm_head(x[:, -1:, :]), None  # (B, 1, V)
         logits = self.lm_head(x)  # (B, T, V)
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
@@ -335,7 +355,7 @@ class GPT(nn.Module):
         flops_per_token = 6 * self.get_num_params() + 12 * L * H * Q * T
         return flops_per_token * T * fwdbwd_per_iter / dt / peak_flops
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, use_cache=True):
         """Continue idx (B, T) one step at a time, yielding each new token (B, 1) as soon as it is drawn.
 
@@ -356,7 +376,7 @@ class GPT(nn.Module):
             yield idx_next
             idx = torch.cat((idx, idx_next), dim=1)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, use_cache=True):
         """Continue idx (B, T) by max_new_tokens tokens -> (B, T + max_new_tokens); see generate_stream."""
         for idx_next in self.generate_stream(idx, max_new_tokens, temperature, top_k, top_p, use_cache):

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from model import GPT, GPTConfig, KVCache, device_peak_flops, get_lr, resolve_device, sample_logits
+from model import GPT, GPTConfig, KVCache, Linear, device_peak_flops, get_lr, resolve_device, sample_logits
 
 TINY = dict(n_layer=2, n_head=4, n_embd=64, block_size=32, vocab_size=65, dropout=0.0)
 
@@ -247,7 +247,39 @@ def test_rejected_cached_call_leaves_the_cache_untouched():
     model = tiny_model()
     cache = KVCache(model.config)
     model(torch.randint(0, 65, (1, 5)), kv_cache=cache)
-    before = cache.kv.clone()
+    before = (cache.k.clone(), cache.v.clone())
     with pytest.raises(NotImplementedError):
         model(torch.randint(0, 65, (1, 3)), kv_cache=cache)
-    assert cache.pos == 5 and torch.equal(cache.kv, before)
+    assert cache.pos == 5 and torch.equal(cache.k, before[0]) and torch.equal(cache.v, before[1])
+
+
+@pytest.mark.parametrize('threads, out_features, split', [(2, 96, True), (3, 96, True), (2, 65, False), (1, 96, False)])
+@pytest.mark.parametrize('bias', [True, False])
+def test_linear_splits_one_row_over_threads(monkeypatch, threads, out_features, split, bias):
+    """A one-row input is computed as a batched matmul, one chunk of rows per thread, when the rows
+    divide evenly; the numbers are nn.Linear's either way, and inputs of several rows are untouched."""
+    torch.manual_seed(0)
+    layer = Linear(48, out_features, bias=bias)
+    batched = []
+    for name in ('bmm', 'baddbmm'):
+        original = getattr(torch, name)
+        monkeypatch.setattr(torch, name, lambda *a, f=original: batched.append(a[-2].shape) or f(*a))
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for shape in ((1, 1, 48), (48,), (1, 48), (3, 1, 48)):
+            x = torch.randn(shape)
+            assert torch.allclose(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias), atol=1e-6)
+    finally:
+        torch.set_num_threads(saved)
+    assert batched == ([(threads, out_features // threads, 48)] * 3 if split else [])
+
+
+def test_model_compiles_as_one_graph():
+    """Regression: Linear asked torch.get_num_threads() while being compiled, which dynamo cannot
+    trace, so torch.compile broke the graph at every layer (fullgraph=True raised)."""
+    model = tiny_model()
+    compiled = torch.compile(model, backend='eager', fullgraph=True)
+    x, y = torch.randint(0, 65, (2, 32)), torch.randint(0, 65, (2, 32))
+    assert torch.allclose(compiled(x, y)[1], model(x, y)[1])
+    assert torch.allclose(compiled(x[:1, :1])[0], model(x[:1, :1])[0], atol=1e-6)  # the one-row case too
