@@ -39,6 +39,13 @@ def test_sample_mode(tmp_path):
     assert r['cache_speedup'] > 0
 
 
+def test_sample_config_is_the_shakespeare_char_shape(tmp_path):
+    r = last_json(run('bench.py', 'config/bench_sample_char.py', '--steps=1', '--max_new_tokens=4', '--json=True',
+                      cwd=tmp_path))
+    assert (r['mode'], r['batch_size'], r['block_size'], r['vocab_size']) == ('sample', 1, 256, 65)
+    assert r['max_new_tokens'] == 4 and r['cache_speedup'] > 0
+
+
 def test_bad_input_is_one_line(tmp_path):
     p = run('bench.py', *TINY_BENCH, '--device=tpu', cwd=tmp_path, check=False)
     assert p.returncode != 0
