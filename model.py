@@ -50,12 +50,17 @@ class Linear(nn.Linear):
 
     A one-row matmul (a decoding step at batch 1) reads the whole weight for two FLOPs per element, so
     it runs at memory speed, yet the BLAS sizes its threading by FLOPs and uses one core. Splitting the
-    weight's rows into one chunk per thread makes it a batched matmul that every core helps read."""
+    weight's rows into one chunk per thread makes it a batched matmul that every core helps read.
+    (torch.ao.quantization.quantize_dynamic matches types exactly: give it {nn.Linear, Linear}.)"""
 
     def forward(self, x):
-        on_cpu = x.device.type == 'cpu' and not torch.compiler.is_compiling()  # compile can't trace the next call
-        n = torch.get_num_threads() if on_cpu else 1
-        if n == 1 or x.numel() != self.in_features or self.out_features % n:
+        # not while compiling (dynamo cannot trace get_num_threads) or tracing (that would bake in the
+        # split), and only for a plain weight tensor (not, e.g., a quantized tensor subclass)
+        if (torch.compiler.is_compiling() or torch.jit.is_tracing() or x.device.type != 'cpu'
+                or x.numel() != self.in_features or type(self.weight.data) is not torch.Tensor):
+            return super().forward(x)
+        n = torch.get_num_threads()
+        if n == 1 or self.out_features % n:
             return super().forward(x)
         w = self.weight.view(n, self.out_features // n, self.in_features)
         x_col = x.reshape(1, -1).t().expand(n, -1, -1)  # (n, in, 1), the same row for every chunk
@@ -149,7 +154,8 @@ def sample_logits(logits, temperature=1.0, top_k=None, top_p=None):
     probability adds up to at least top_p (nucleus sampling, Holtzman et al. 2019)."""
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
-    logits = logits.float() / temperature
+    logits = logits.float()
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature  # max 0: a tiny temperature gives -inf, not nan
     if top_k is not None:
         kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
         logits = logits.masked_fill(logits < kth, float('-inf'))
@@ -355,7 +361,7 @@ class GPT(nn.Module):
         flops_per_token = 6 * self.get_num_params() + 12 * L * H * Q * T
         return flops_per_token * T * fwdbwd_per_iter / dt / peak_flops
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, use_cache=True):
         """Continue idx (B, T) one step at a time, yielding each new token (B, 1) as soon as it is drawn.
 
@@ -376,7 +382,7 @@ class GPT(nn.Module):
             yield idx_next
             idx = torch.cat((idx, idx_next), dim=1)
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, use_cache=True):
         """Continue idx (B, T) by max_new_tokens tokens -> (B, T + max_new_tokens); see generate_stream."""
         for idx_next in self.generate_stream(idx, max_new_tokens, temperature, top_k, top_p, use_cache):

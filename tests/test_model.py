@@ -283,3 +283,37 @@ def test_model_compiles_as_one_graph():
     x, y = torch.randint(0, 65, (2, 32)), torch.randint(0, 65, (2, 32))
     assert torch.allclose(compiled(x, y)[1], model(x, y)[1])
     assert torch.allclose(compiled(x[:1, :1])[0], model(x[:1, :1])[0], atol=1e-6)  # the one-row case too
+
+
+def test_generated_tokens_can_be_trained_on():
+    """Regression: generate ran under torch.inference_mode, so its output could not be edited in place
+    or used as a training batch ('Inference tensors cannot be saved for backward')."""
+    model = tiny_model()
+    out = model.generate(torch.zeros((2, 1), dtype=torch.long), 8)
+    out[:, 0] = 1
+    _, loss = model.train()(out[:, :-1], out[:, 1:])
+    loss.backward()
+    assert model.lm_head.weight.grad is not None
+
+
+@pytest.mark.filterwarnings('ignore:`torch.jit.trace')  # deprecated in torch 2.13, still shipped
+def test_linear_split_is_not_traced_in():
+    """Regression: torch.jit.trace with a one-row example recorded the split, so the traced module then
+    failed on a batch of 3 rows."""
+    torch.manual_seed(0)
+    layer = Linear(32, 96)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        traced = torch.jit.trace(layer, torch.randn(1, 1, 32))
+        x = torch.randn(3, 1, 32)
+        assert torch.allclose(traced(x), layer(x), atol=1e-6)
+    finally:
+        torch.set_num_threads(saved)
+
+
+def test_tiny_temperature_is_near_greedy_not_nan():
+    """Regression: logits / 1e-40 overflowed to inf and softmax gave nan ('probability tensor contains
+    either inf, nan or element < 0')."""
+    logits = torch.tensor([[1.0, 3.0, 2.0], [0.5, -1.0, 0.0]])
+    assert sample_logits(logits, temperature=1e-40).tolist() == [[1], [0]]
