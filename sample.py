@@ -15,7 +15,7 @@ import os
 import pickle
 import re
 import sys
-from contextlib import nullcontext
+from contextlib import nullcontext, redirect_stdout
 
 import torch
 
@@ -39,7 +39,8 @@ batch = False         # draw all num_samples at once: faster, but each is printe
 compile = False       # torch.compile the forward; on CPU it was slower (the KV cache makes it recompile)
 _optional = ('top_k', 'top_p')  # settings that --key=None may turn off
 # -----------------------------------------------------------------------------
-configure(globals())
+with redirect_stdout(sys.stderr):  # the configurator's messages; stdout carries only the samples
+    configure(globals())
 # -----------------------------------------------------------------------------
 
 
@@ -110,11 +111,21 @@ if compile:
 char_level = os.path.isfile(meta_path)
 if char_level:
     print(f"Loading meta from {meta_path}", file=sys.stderr)
-    with open(meta_path, 'rb') as f:
-        meta = pickle.load(f)
-    stoi, itos = meta['stoi'], meta['itos']
+    try:
+        with open(meta_path, 'rb') as f:
+            meta = pickle.load(f)
+        stoi, itos, meta_vocab_size = meta['stoi'], meta['itos'], meta['vocab_size']
+    except Exception as e:  # truncated, not a pickle, or without the vocabulary
+        raise SystemExit(f"error: cannot read a vocabulary from {meta_path} ({oneline(e)}); rerun the "
+                         f"dataset's prepare.py")
+    if meta_vocab_size != model.config.vocab_size:
+        raise SystemExit(f"error: {meta_path} has {meta_vocab_size} tokens but the model has "
+                         f"{model.config.vocab_size}: the checkpoint was not trained on this dataset")
     encode = lambda s: [stoi[c] for c in s]
-    token_bytes = lambda i: itos.get(i, '\ufffd').encode()  # a padded vocab may name ids itos lacks
+    token_bytes = lambda i: itos.get(i, '\ufffd').encode()
+elif model.config.vocab_size < 50257:  # GPT-2 BPE would decode its tokens as the wrong text
+    raise SystemExit(f"error: the model has {model.config.vocab_size} tokens, fewer than GPT-2's 50257, so it "
+                     f"needs its dataset's meta.pkl, which is not at {meta_path or '(the checkpoint names no dataset)'}")
 else:
     import tiktoken
     try:
@@ -141,10 +152,6 @@ if char_level and any(c not in stoi for c in prompt):
 ids = encode(prompt)
 if not ids:
     raise SystemExit("error: the prompt is empty; give --start=TEXT (for GPT-2, '<|endoftext|>' starts afresh)")
-if max(ids) >= model.config.vocab_size:  # e.g. a character-level model whose data/ folder has moved
-    raise SystemExit(f"error: the prompt's token {max(ids)} is outside the model's vocab_size="
-                     f"{model.config.vocab_size}; a character-level model needs its dataset's meta.pkl "
-                     f"({meta_path or 'the checkpoint names no dataset'})")
 block_size = model.config.block_size
 if len(ids) > block_size:
     print(f"warning: the prompt is {len(ids)} tokens, longer than the context of {block_size}; "
@@ -192,6 +199,13 @@ def draw(n):
 
 
 torch.manual_seed(seed)  # seeded right before sampling: the same seed and settings give the same text
-with ctx:
-    for _ in range(0, num_samples, num_samples if batch else 1):
-        draw(num_samples if batch else 1)
+try:
+    with ctx:
+        for _ in range(0, num_samples, num_samples if batch else 1):
+            draw(num_samples if batch else 1)
+except KeyboardInterrupt:
+    print("\ninterrupted", file=sys.stderr)
+    sys.exit(130)
+except BrokenPipeError:  # the reader left early (| head): stop quietly, and so must the final flush
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(1)

@@ -9,6 +9,7 @@ error, exit code, same text across processes), and one more samples from a model
 import os
 import pickle
 import runpy
+import subprocess
 import sys
 
 import pytest
@@ -72,11 +73,8 @@ def sample(monkeypatch, capsys):
 
 
 def samples(stdout):
-    """The samples in sample.py's stdout, without the configurator's 'Overriding' lines."""
-    lines = stdout.split('\n')
-    while lines and lines[0].startswith('Overriding'):
-        lines.pop(0)
-    parts = '\n'.join(lines).split(SEP)
+    """The samples in sample.py's stdout, which holds nothing else (the configurator writes to stderr)."""
+    parts = stdout.split(SEP)
     assert parts[-1] == '', f"stdout does not end with the separator: {stdout[-200:]!r}"
     return parts[:-1]
 
@@ -240,10 +238,53 @@ def test_errors(char_ckpt, sample, tmp_path):
     with pytest.raises(SystemExit, match='cannot read .*ckpt.pt; is it truncated or corrupted'):
         sample(f'--out_dir={out_dir}')
 
-    # the dataset folder is gone: the prompt falls back to GPT-2 tokens, which the char model lacks
+    # regression: with the dataset folder gone, a character model's tokens were decoded as GPT-2 BPE
+    # (garbage, exit 0) unless the prompt happened to hold a token id past the model's vocabulary
     save_checkpoint(out_dir, model, tmp_path / 'moved')
-    with pytest.raises(SystemExit, match=r"outside the model's vocab_size=\d+; .*needs its dataset's meta.pkl"):
-        sample(f'--out_dir={out_dir}', '--start=Hello')
+    with pytest.raises(SystemExit, match=rf"the model has {meta['vocab_size']} tokens, fewer than GPT-2's 50257, so it needs "
+                                         r"its dataset's meta.pkl, which is not at .*moved/meta.pkl$"):
+        sample(f'--out_dir={out_dir}', '--start=A')
+
+
+def test_meta_that_does_not_fit_is_refused(char_ckpt, sample, tmp_path):
+    """Regression: a meta.pkl of another vocabulary decoded the samples into the wrong characters, and an
+    unreadable one raised a bare UnpicklingError."""
+    out_dir, model, meta = char_ckpt
+    other = tmp_path / 'other'
+    other.mkdir()
+    small = dict(meta, vocab_size=20, itos={i: meta['itos'][i] for i in range(20)})
+    (other / 'meta.pkl').write_bytes(pickle.dumps(small))
+    save_checkpoint(out_dir, model, other)
+    with pytest.raises(SystemExit, match=rf"meta.pkl has 20 tokens but the model has {meta['vocab_size']}: the checkpoint was not "
+                                         r"trained on this dataset$"):
+        sample(f'--out_dir={out_dir}', '--start=A')
+    (other / 'meta.pkl').write_bytes(pickle.dumps(meta)[:50])
+    with pytest.raises(SystemExit, match=r"cannot read a vocabulary from .*meta.pkl \(UnpicklingError"):
+        sample(f'--out_dir={out_dir}', '--start=A')
+    (other / 'meta.pkl').write_bytes(pickle.dumps({'vocab_size': 65}))
+    with pytest.raises(SystemExit, match=r"cannot read a vocabulary from .*meta.pkl \(KeyError: 'stoi'\)"):
+        sample(f'--out_dir={out_dir}', '--start=A')
+
+
+def test_ctrl_c_and_a_closed_pipe_end_quietly(char_ckpt, sample, monkeypatch, tmp_path):
+    """Regression: Ctrl-C while sampling and `sample.py | head` both ended in a traceback."""
+    out_dir, _, _ = char_ckpt
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+        yield
+    with monkeypatch.context() as m:
+        m.setattr(GPT, 'generate_stream', interrupted)
+        with pytest.raises(SystemExit) as e:
+            sample(f'--out_dir={out_dir}')
+    assert e.value.code == 130
+    p = subprocess.Popen([sys.executable, str(REPO / 'sample.py'), f'--out_dir={out_dir}', '--device=cpu',
+                          '--num_samples=200', '--max_new_tokens=30'], cwd=tmp_path,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    p.stdout.read(20)  # the first characters, then the reader goes away
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 1 and 'Traceback' not in err and 'Error' not in err, err
 
 
 @pytest.mark.skipif(not (REPO / 'train.py').exists(), reason='train.py not written yet')
