@@ -134,6 +134,8 @@ ctx = nullcontext() if dtype == 'float32' else torch.autocast(device_type=device
 
 # data -----------------------------------------------------------------------
 data_dir = dataset if os.path.isdir(dataset) else os.path.join(os.path.dirname(__file__), 'data', dataset)
+if not os.path.isdir(dataset) and os.sep in dataset:
+    fail(f"dataset={dataset!r} is not a folder; give a folder holding train.bin and val.bin, or a name in data/")
 prepare_hint = f"run  python data/{dataset}/prepare.py" if not os.path.isdir(dataset) else "prepare it first"
 split_len = {}
 for split in ('train', 'val'):
@@ -235,7 +237,10 @@ model.to(device)
 
 # optimizer, GradScaler, compile, DDP -----------------------------------------
 scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16' and device_type == 'cuda'))
-optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
+try:
+    optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
+except ValueError as e:  # torch's checks, e.g. "Invalid beta parameter at index 0: 2.0"
+    fail(f"{e}; check learning_rate, beta1, beta2 and weight_decay")
 wandb_run_id = None
 if checkpoint is not None:
     try:

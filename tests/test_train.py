@@ -182,6 +182,9 @@ def test_bad_checkpoints_are_refused(char_dataset, tmp_path):
     (['--block_size=600'], 'fewer than block_size + 1 = 601'),
     (['--init_from=gpt3'], "init_from='gpt3': use"),
     (['--init_from=resume'], '--init_from=resume but'),
+    # regressions: AdamW's own ValueErrors came out as tracebacks
+    (['--learning_rate=-1'], 'Invalid learning rate: -1.0; check learning_rate, beta1, beta2 and weight_decay'),
+    (['--beta1=2'], 'Invalid beta parameter at index 0: 2.0; check'),
 ])
 def test_bad_settings(char_dataset, tmp_path, args, message):
     if args == ['--device=cuda'] and torch.cuda.is_available():
@@ -193,6 +196,9 @@ def test_bad_settings(char_dataset, tmp_path, args, message):
 def test_missing_dataset_and_unwritable_out_dir(tmp_path):
     p = run('train.py', *TINY, '--dataset=no_such_dataset', check=False)
     assert_one_line_error(p, 'train.bin not found: run  python data/no_such_dataset/prepare.py')
+    # regression: a folder path that does not exist was sent to 'python data//tmp/.../prepare.py'
+    p = run('train.py', *TINY, f'--dataset={tmp_path / "nowhere"}', check=False)
+    assert_one_line_error(p, f"dataset='{tmp_path / 'nowhere'}' is not a folder; give a folder holding")
     data = write_char_dataset(tmp_path / 'd')
     (tmp_path / 'file').write_text('x')
     p = train(data, tmp_path / 'file' / 'out', check=False)

@@ -145,6 +145,8 @@ if __name__ == '__main__':  # the guard is required: num_proc workers re-import 
     configure(cfg)
     if cfg['num_proc'] < 1:
         fail(f"--num_proc={cfg['num_proc']}: must be at least 1")
+    if os.path.exists(cfg['out_dir']) and not os.path.isdir(cfg['out_dir']):  # before hours of work
+        fail(f"out_dir {cfg['out_dir']!r} is a file, not a folder; choose another with --out_dir=")
     try:
         enc = tiktoken.get_encoding('gpt2')  # fail here, before any work, if tiktoken has no files
     except Exception as e:

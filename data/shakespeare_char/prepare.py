@@ -90,6 +90,8 @@ def text_from_command_line(default_out_dir):
     cfg = {'input': '',  # a local text file to use instead of the download
            'out_dir': default_out_dir}
     configure(cfg)
+    if os.path.exists(cfg['out_dir']) and not os.path.isdir(cfg['out_dir']):
+        raise SystemExit(f"error: out_dir {cfg['out_dir']!r} is a file, not a folder; choose another with --out_dir=")
     text = load_text(cfg['input'], cfg['out_dir'])
     print(f"length of dataset in characters: {len(text):,}")
     return text, cfg['out_dir']
