@@ -92,8 +92,8 @@ if init_from == 'resume':
         model.load_state_dict(checkpoint['model'])  # strict: every key and shape must match
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise SystemExit(f"error: {ckpt_path} does not match this model.py: {oneline(e)}")
-    dataset = checkpoint.get('config', {}).get('dataset')
-    if dataset:  # an existing folder as is, else data/<dataset>, as in train.py
+    dataset = (checkpoint.get('config') or {}).get('dataset')
+    if isinstance(dataset, str) and dataset:  # an existing folder as is, else data/<dataset>, as in train.py
         repo = os.path.dirname(os.path.abspath(__file__))
         data_dir = dataset if os.path.isdir(dataset) else os.path.join(repo, 'data', dataset)
         meta_path = os.path.join(data_dir, 'meta.pkl')

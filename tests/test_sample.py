@@ -261,6 +261,12 @@ def test_meta_that_does_not_fit_is_refused(char_ckpt, sample, tmp_path):
     (other / 'meta.pkl').write_bytes(pickle.dumps(meta)[:50])
     with pytest.raises(SystemExit, match=r"cannot read a vocabulary from .*meta.pkl \(UnpicklingError"):
         sample(f'--out_dir={out_dir}', '--start=A')
+    ckpt = torch.load(out_dir / 'ckpt.pt', weights_only=True)
+    for config in (None, {'dataset': 7}):  # regression: AttributeError / TypeError tracebacks
+        torch.save(dict(ckpt, config=config), out_dir / 'ckpt.pt')
+        with pytest.raises(SystemExit, match=r"needs its dataset's meta.pkl, which is not at \(the checkpoint names no "):
+            sample(f'--out_dir={out_dir}', '--start=A')
+    save_checkpoint(out_dir, model, other)
     (other / 'meta.pkl').write_bytes(pickle.dumps({'vocab_size': 65}))
     with pytest.raises(SystemExit, match=r"cannot read a vocabulary from .*meta.pkl \(KeyError: 'stoi'\)"):
         sample(f'--out_dir={out_dir}', '--start=A')
