@@ -74,6 +74,7 @@ compile = True               # torch.compile the model where it is supported (CU
 seed = 1337
 peak_flops = 0.0             # device peak FLOP/s for MFU; 0 looks the GPU up in model.PEAK_FLOPS
 # -----------------------------------------------------------------------------
+_shape_defaults = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias)
 config = configure(globals())  # config files, then --key=value; the final values, for logging
 # -----------------------------------------------------------------------------
 
@@ -132,6 +133,32 @@ torch.set_float32_matmul_precision('high')  # TF32 matmuls on Ampere+ GPUs
 ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
 ctx = nullcontext() if dtype == 'float32' else torch.autocast(device_type=device_type, dtype=ptdtype)
 
+# a resumed run takes its model's shape from the checkpoint: shape settings left at their defaults are
+# filled in from it (a fine-tune's config names none), and any that were given must agree with it
+iter_num, best_val_loss, checkpoint = 0, float('inf'), None
+ckpt_path = os.path.join(out_dir, 'ckpt.pt')
+if init_from == 'resume':
+    if not os.path.exists(ckpt_path):
+        fail(f"--init_from=resume but {ckpt_path} does not exist; train first or set --out_dir")
+    try:  # onto the CPU first: the GPU that saved it may not be this one
+        checkpoint = torch.load(ckpt_path, map_location='cpu', weights_only=True)
+        missing = {'model', 'optimizer', 'model_args', 'iter_num', 'best_val_loss', 'config', 'scaler',
+                   'rng'} - set(checkpoint)
+        if missing:
+            raise KeyError(f"no {sorted(missing)}")
+        model_args = checkpoint['model_args']
+        diff = [f"{k}: checkpoint {model_args[k]}, requested {config[k]}" for k, v in _shape_defaults.items()
+                if config[k] != v and config[k] != model_args[k]]
+    except Exception as e:
+        fail(f"{ckpt_path} is corrupted or not a checkpoint of this code ({type(e).__name__}: "
+             f"{str(e).splitlines()[0][:200]}); delete it or use another --out_dir")
+    if diff:
+        fail(f"{ckpt_path} does not match the requested model ({'; '.join(diff)}); pass the settings it "
+             f"was trained with (e.g. its config file) or another --out_dir")
+    for k in _shape_defaults:
+        model_config[k] = config[k] = model_args[k]
+    block_size = model_config['block_size']
+
 # data -----------------------------------------------------------------------
 data_dir = dataset if os.path.isdir(dataset) else os.path.join(os.path.dirname(__file__), 'data', dataset)
 if not os.path.isdir(dataset) and os.sep in dataset:
@@ -181,30 +208,14 @@ elif master_process:
     print(f"no meta.pkl in {data_dir}: GPT-2 BPE tokens assumed")
 
 # model init -----------------------------------------------------------------
-iter_num, best_val_loss, checkpoint = 0, float('inf'), None
-ckpt_path = os.path.join(out_dir, 'ckpt.pt')
 if init_from == 'scratch':
     model_config['vocab_size'] = meta_vocab_size or 50304  # GPT-2's 50257 padded to a multiple of 64
     model = GPT(GPTConfig(**model_config))
 elif init_from == 'resume':
-    if not os.path.exists(ckpt_path):
-        fail(f"--init_from=resume but {ckpt_path} does not exist; train first or set --out_dir")
-    try:  # onto the CPU first: the GPU that saved it may not be this one
-        checkpoint = torch.load(ckpt_path, map_location='cpu', weights_only=True)
-        missing = {'model', 'optimizer', 'model_args', 'iter_num', 'best_val_loss', 'config', 'scaler',
-                   'rng'} - set(checkpoint)
-        if missing:
-            raise KeyError(f"no {sorted(missing)}")
-        model_args = checkpoint['model_args']
-    except Exception as e:
-        fail(f"{ckpt_path} is corrupted or not a checkpoint of this code ({type(e).__name__}: "
-             f"{str(e).splitlines()[0][:200]}); delete it or use another --out_dir")
     model_config['vocab_size'] = meta_vocab_size or model_args['vocab_size']
-    shape_keys = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size')
-    diff = [f"{k}: checkpoint {model_args[k]}, requested {model_config[k]}" for k in shape_keys
-            if model_args.get(k) != model_config[k]]
-    if diff:
-        fail(f"{ckpt_path} does not match the requested model ({'; '.join(diff)}); pass the settings it "
+    if model_config['vocab_size'] != model_args['vocab_size']:
+        fail(f"{ckpt_path} does not match the requested model (vocab_size: checkpoint "
+             f"{model_args['vocab_size']}, requested {model_config['vocab_size']}); pass the settings it "
              f"was trained with (e.g. its config file) or another --out_dir")
     model = GPT(GPTConfig(**model_config))
     try:
@@ -221,6 +232,9 @@ elif init_from.startswith('gpt2') or os.path.isdir(init_from):
         model = GPT.from_pretrained(init_from, dict(dropout=dropout))
     except ValueError as e:
         fail(e)
+    if block_size > model.config.block_size:
+        fail(f"block_size={block_size} is longer than the context of {init_from} ({model.config.block_size}); "
+             f"use --block_size={model.config.block_size} or less")
     if block_size < model.config.block_size:
         model.crop_block_size(block_size)  # e.g. finetune with a shorter context than GPT-2's 1024
     for k in ('n_layer', 'n_head', 'n_embd', 'bias', 'vocab_size', 'block_size'):
@@ -246,6 +260,8 @@ if checkpoint is not None:
     try:
         optimizer.load_state_dict(checkpoint['optimizer'])
         scaler.load_state_dict(checkpoint['scaler'])
+        for group, wd in zip(optimizer.param_groups, (weight_decay, 0.0)):  # this run's settings, not the saved ones
+            group.update(betas=(beta1, beta2), weight_decay=wd)
     except (ValueError, KeyError, RuntimeError) as e:
         fail(f"{ckpt_path}: the optimizer state does not fit the model ({e}); use another --out_dir")
     rng = checkpoint['rng'][rank] if rank < len(checkpoint['rng']) else None
@@ -292,11 +308,17 @@ def save_checkpoint(rng_states):
             'best_val_loss': float(best_val_loss), 'config': config, 'scaler': scaler.state_dict(),
             'rng': rng_states, 'wandb_run_id': wandb_run_id}
     tmp_path = ckpt_path + '.tmp'
-    with open(tmp_path, 'wb') as f:
-        torch.save(ckpt, f)
-        f.flush()
-        os.fsync(f.fileno())  # on disk before the rename makes it the checkpoint
-    os.replace(tmp_path, ckpt_path)
+    try:
+        with open(tmp_path, 'wb') as f:
+            torch.save(ckpt, f)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename makes it the checkpoint
+        os.replace(tmp_path, ckpt_path)
+    except (OSError, RuntimeError) as e:  # e.g. a full disk: torch.save raises RuntimeError
+        if os.path.isfile(tmp_path):
+            os.remove(tmp_path)
+        fail(f"cannot write {ckpt_path} ({' '.join(str(e).split())[:200]}); the previous checkpoint is "
+             f"unchanged. Free some disk space or choose another --out_dir")
     print(f"saved checkpoint to {ckpt_path} (iter {iter_num})")
 
 
@@ -406,8 +428,8 @@ while True:
     if iter_num % log_interval == 0 and master_process:
         iters = iter_num - last_log_iter
         dt_avg = train_time / iters  # excludes evaluation and checkpoint time
-        mfu = raw_model.estimate_mfu(batch_size * gradient_accumulation_steps * world_size, dt_avg,
-                                     peak_flops or None)
+        # per process against one device's peak (gradient_accumulation_steps is per process by now)
+        mfu = raw_model.estimate_mfu(batch_size * gradient_accumulation_steps, dt_avg, peak_flops or None)
         if mfu is not None and iter_num - start_iter > 5:  # the first iterations are still warming up
             running_mfu = mfu if running_mfu is None else 0.9 * running_mfu + 0.1 * mfu
         mfu_text = f"{running_mfu * 100:.2f}%" if running_mfu is not None else "n/a"
@@ -417,6 +439,9 @@ while True:
             wandb.log({'iter': iter_num, 'train/loss': loss_value, 'lr': lr, 'grad_norm': grad_norm.item()})
         train_time, last_log_iter = 0.0, iter_num
 
+if master_process and not (eval_only or stopping) and iter_num > start_iter and not os.path.exists(ckpt_path):
+    print(f"warning: no checkpoint was written: the val loss never went below {best_val_loss:.4f}, the "
+          f"first evaluation's, and always_save_checkpoint is False", file=sys.stderr)
 exit_code = 0
 if stopping:
     signum = stop_signal or signal.SIGTERM  # this process may not have been signalled itself

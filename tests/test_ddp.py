@@ -1,6 +1,8 @@
 """train.py under torchrun on CPU (gloo): 2 processes on one machine.
 Run: python -m pytest -q tests/test_ddp.py"""
 import os
+import pickle
+import re
 import subprocess
 import sys
 
@@ -8,6 +10,7 @@ import numpy as np
 import torch
 
 from conftest import REPO, TINY, run, write_char_dataset
+from model import GPT, GPTConfig
 
 
 def torchrun(*args, nproc=2):
@@ -22,8 +25,16 @@ def load(path):
 
 
 def test_two_processes_train_log_once_and_stay_identical(char_dataset, tmp_path):
-    p = torchrun(f'--dataset={char_dataset}', f'--out_dir={tmp_path / "ddp"}', '--gradient_accumulation_steps=2')
+    p = torchrun(f'--dataset={char_dataset}', f'--out_dir={tmp_path / "ddp"}', '--gradient_accumulation_steps=2',
+                 '--peak_flops=1e10')
     assert p.returncode == 0, p.stderr[-3000:]
+    # regression: MFU counted the whole job's tokens against one device's peak (2x too high here)
+    line = next(line for line in p.stdout.splitlines() if line.startswith('iter 6:'))  # the first MFU figure
+    mfu, tok_s = float(re.search(r'mfu ([\d.]+)%', line)[1]) / 100, float(re.search(r'tok/s ([\d,]+)', line)[1].replace(',', ''))
+    vocab = pickle.load(open(char_dataset / 'meta.pkl', 'rb'))['vocab_size']
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=vocab, bias=False))
+    flops_per_token = 6 * model.get_num_params() + 12 * 2 * 2 * 16 * 32
+    assert abs(mfu / (flops_per_token * tok_s / 2 / 1e10) - 1) < 0.02, line
     assert p.stdout.count('iter 10: loss') == 1 and p.stdout.count('step 10: train loss') == 1
     assert p.stdout.count('Overriding: max_iters = 10') == 1
     assert 'tokens per iteration 256' in p.stdout  # 2 processes x 1 micro-step x 4 x 32

@@ -98,6 +98,20 @@ def test_finetune_from_local_hf_directory(tmp_path):
     assert ckpt['iter_num'] == 3 and ckpt['model_args']['block_size'] == 32  # cropped from 64
     assert ckpt['model_args']['bias'] is True and ckpt['model_args']['dropout'] == 0.1
     assert 'iter 3: loss' in p.stdout
+    # regression: resuming with the settings the fine-tune was started with (no shape settings, as in
+    # config/finetune_shakespeare.py) was refused for the default shape; and changed AdamW settings
+    # were listed as changed but the checkpoint's were kept
+    p = run('train.py', '--device=cpu', '--compile=False', f'--dataset={data}', f'--out_dir={tmp_path / "out"}',
+            '--init_from=resume', '--max_iters=5', '--eval_interval=5', '--eval_iters=2', '--batch_size=4',
+            '--gradient_accumulation_steps=1', '--beta1=0.5', '--weight_decay=0.5')
+    assert 'iter 5: loss' in p.stdout and 'beta1 0.9 -> 0.5' in p.stdout and 'n_layer' not in p.stdout
+    ckpt = load(tmp_path / 'out' / 'ckpt.pt')
+    assert ckpt['iter_num'] == 5 and ckpt['model_args']['block_size'] == 32
+    groups = ckpt['optimizer']['param_groups']
+    assert [g['betas'][0] for g in groups] == [0.5, 0.5] and [g['weight_decay'] for g in groups] == [0.5, 0.0]
+    # regression: a block_size longer than the pretrained context crashed in the first forward
+    p = train(data, tmp_path / 'out2', f'--init_from={tmp_path / "hf"}', '--block_size=128', check=False)
+    assert_one_line_error(p, f"block_size=128 is longer than the context of {tmp_path / 'hf'} (64); use --block_size=64")
 
 
 def start_long_run(data, out):
@@ -255,3 +269,26 @@ def test_sigterm_after_sigint_still_saves(char_dataset, tmp_path):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert load(tmp_path / 'out' / 'ckpt.pt')['iter_num'] >= 3
+
+
+def test_no_improvement_without_always_save_is_reported(char_dataset, tmp_path):
+    """Regression: with always_save_checkpoint=False and a val loss that never beat the first
+    evaluation, a run ended with exit code 0 and an empty out_dir, without a word."""
+    p = train(char_dataset, tmp_path / 'out', '--always_save_checkpoint=False', '--learning_rate=0',
+              '--decay_lr=False', '--max_iters=2', '--eval_interval=1')
+    assert not (tmp_path / 'out' / 'ckpt.pt').exists()
+    assert re.search(r"warning: no checkpoint was written: the val loss never went below \d\.\d{4}, the first "
+                     r"evaluation's, and always_save_checkpoint is False", p.stderr), p.stderr
+
+
+def test_failed_save_is_one_line_and_leaves_no_temp_file(char_dataset, tmp_path):
+    """Regression: an error while writing the checkpoint (a full disk, here a folder in the way of the
+    temp file) ended in a traceback."""
+    out = tmp_path / 'out'
+    train(char_dataset, out, '--max_iters=1')
+    good = (out / 'ckpt.pt').read_bytes()
+    (out / 'ckpt.pt.tmp').mkdir()
+    p = train(char_dataset, out, '--init_from=resume', '--max_iters=2', '--eval_interval=1', check=False)
+    assert_one_line_error(p, f"cannot write {out / 'ckpt.pt'} (")
+    assert 'the previous checkpoint is unchanged' in p.stderr
+    assert (out / 'ckpt.pt').read_bytes() == good
