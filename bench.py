@@ -66,6 +66,11 @@ if mode not in ('train', 'sample'):
     raise SystemExit(f"error: mode={mode!r}: use 'train' or 'sample'")
 if steps < 1 or warmup < 0:
     raise SystemExit(f"error: steps={steps} must be >= 1 and warmup={warmup} >= 0")
+for name in ('batch_size', 'block_size', 'vocab_size', 'n_layer', 'n_head', 'n_embd', 'max_new_tokens'):
+    if globals()[name] < 1:
+        raise SystemExit(f"error: {name}={globals()[name]} must be >= 1")
+if grad_clip < 0:
+    raise SystemExit(f"error: grad_clip={grad_clip} must be >= 0 (0 disables clipping)")
 try:
     device = resolve_device(device)
     dtype = resolve_dtype(device, dtype)
@@ -113,6 +118,9 @@ if real_data:
     if os.path.exists(meta_path):
         with open(meta_path, 'rb') as f:
             vocab_size = pickle.load(f)['vocab_size']
+    elif vocab_size < 50257:
+        raise SystemExit(f"error: {data_dir} has no meta.pkl, so it holds GPT-2 BPE tokens, but vocab_size="
+                         f"{vocab_size}; use --vocab_size=50304")
 
     def get_batch():
         ix = torch.randint(len(data) - block_size, (batch_size,)).tolist()
@@ -124,8 +132,11 @@ else:
     X, Y = xy[:, :-1], xy[:, 1:]  # (B, T) each: the same batch every step
 
 # ---------------------------------------------------------------------------- model
-model = GPT(GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head,
-                      n_embd=n_embd, bias=bias, dropout=dropout)).to(device)
+try:
+    model = GPT(GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head,
+                          n_embd=n_embd, bias=bias, dropout=dropout)).to(device)
+except ValueError as e:  # e.g. n_embd not divisible by n_head
+    raise SystemExit(f"error: {e}")
 n_params = model.get_num_params()
 # a busy CPU (load above its core count) slows a multi-threaded step many times over: record both
 load = os.getloadavg()[0] if hasattr(os, 'getloadavg') else None

@@ -2,6 +2,8 @@
 import json
 import pickle
 
+import numpy as np
+
 from conftest import run
 
 TINY_BENCH = ['--device=cpu', '--compile=False', '--dtype=float32', '--n_layer=2', '--n_head=2', '--n_embd=32',
@@ -50,6 +52,20 @@ def test_bad_input_is_one_line(tmp_path):
     p = run('bench.py', *TINY_BENCH, '--device=tpu', cwd=tmp_path, check=False)
     assert p.returncode != 0
     assert p.stderr.strip().count('\n') == 0 and "device='tpu'" in p.stderr, p.stderr
+    # regressions: these were tracebacks (or, for a zero batch, '0 tokens/s' and a nan loss)
+    for flags, message in [(['--vocab_size=0'], 'vocab_size=0 must be >= 1'),
+                           (['--batch_size=0'], 'batch_size=0 must be >= 1'),
+                           (['--mode=sample', '--max_new_tokens=0'], 'max_new_tokens=0 must be >= 1'),
+                           (['--grad_clip=-1'], 'grad_clip=-1.0 must be >= 0'),
+                           (['--n_embd=31'], 'n_embd=31 is not divisible by n_head=2')]:
+        p = run('bench.py', *TINY_BENCH, *flags, cwd=tmp_path, check=False)
+        assert p.returncode != 0 and 'Traceback' not in p.stderr and message in p.stderr, p.stderr
+    bpe = tmp_path / 'bpe'
+    bpe.mkdir()
+    np.arange(100, dtype=np.uint16).tofile(bpe / 'train.bin')  # no meta.pkl: GPT-2 BPE tokens
+    p = run('bench.py', *TINY_BENCH, '--vocab_size=65', '--real_data=True', f'--dataset={bpe}', cwd=tmp_path,
+            check=False)
+    assert p.returncode != 0 and 'has no meta.pkl, so it holds GPT-2 BPE tokens, but vocab_size=65' in p.stderr
     p = run('bench.py', *TINY_BENCH, '--real_data=True', '--dataset=no_such_set', cwd=tmp_path, check=False)
     assert p.returncode != 0
     assert 'not found: run  python' in p.stderr and 'no_such_set' in p.stderr and 'Traceback' not in p.stderr
