@@ -255,7 +255,7 @@ try:
     optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
 except ValueError as e:  # torch's checks, e.g. "Invalid beta parameter at index 0: 2.0"
     fail(f"{e}; check learning_rate, beta1, beta2 and weight_decay")
-wandb_run_id = None
+wandb_run_id, resume_evaluated = None, True
 if checkpoint is not None:
     try:
         optimizer.load_state_dict(checkpoint['optimizer'])
@@ -271,6 +271,7 @@ if checkpoint is not None:
         if device_type == 'cuda' and rng.get('cuda') is not None:
             torch.cuda.set_rng_state(rng['cuda'])
     wandb_run_id = checkpoint.get('wandb_run_id')
+    resume_evaluated = checkpoint.get('evaluated', True)  # False: saved by a stop before its evaluation
     checkpoint = None  # free the loaded tensors before training
 raw_model = model  # unwrapped and uncompiled: what checkpoints store
 if compile and device_type == 'cuda':
@@ -301,12 +302,12 @@ def estimate_loss():
     return out
 
 
-def save_checkpoint(rng_states):
+def save_checkpoint(rng_states, evaluated):
     """Write ckpt.pt atomically: to a temp file, then renamed over the old one."""
     ckpt = {'model': raw_model.state_dict(), 'optimizer': optimizer.state_dict(),
             'model_args': dict(raw_model.config.__dict__), 'iter_num': iter_num,
             'best_val_loss': float(best_val_loss), 'config': config, 'scaler': scaler.state_dict(),
-            'rng': rng_states, 'wandb_run_id': wandb_run_id}
+            'rng': rng_states, 'wandb_run_id': wandb_run_id, 'evaluated': evaluated}
     tmp_path = ckpt_path + '.tmp'
     try:
         with open(tmp_path, 'wb') as f:
@@ -372,7 +373,7 @@ while True:
 
     # evaluate and checkpoint; a resumed run starts where its checkpoint's evaluation left off
     finished = iter_num >= max_iters
-    resumed_here = iter_num == start_iter and init_from == 'resume'
+    resumed_here = iter_num == start_iter and init_from == 'resume' and resume_evaluated
     if not stopping and (eval_only or finished or (iter_num % eval_interval == 0 and not resumed_here)):
         rng_states = None if eval_only else gather_rng_states(batch_state)
         if master_process:
@@ -386,11 +387,11 @@ while True:
             improved = losses['val'] < best_val_loss
             best_val_loss = min(best_val_loss, losses['val'])
             if not eval_only and iter_num > start_iter and (improved or always_save_checkpoint):
-                save_checkpoint(rng_states)
+                save_checkpoint(rng_states, evaluated=True)
     if stopping and iter_num > start_iter:  # interrupted: keep the last completed iteration
         rng_states = gather_rng_states(batch_state)
         if master_process:
-            save_checkpoint(rng_states)
+            save_checkpoint(rng_states, evaluated=False)
     if finished or stopping or eval_only:
         break
 

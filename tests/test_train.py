@@ -133,8 +133,10 @@ def test_sigint_saves_the_last_completed_iteration(char_dataset, tmp_path):
     last = int(re.findall(r'^iter (\d+):', out, re.M)[-1]) if 'iter ' in out else 5
     assert f'stopped by SIGINT at iter {last}' in err
     assert load(tmp_path / 'out' / 'ckpt.pt')['iter_num'] == last
-    p = train(char_dataset, tmp_path / 'out', '--init_from=resume', f'--max_iters={last + 2}')
+    p = train(char_dataset, tmp_path / 'out', '--init_from=resume', f'--max_iters={last + 2}', '--eval_interval=1')
     assert f'iter {last + 2}: loss' in p.stdout
+    # regression: a stop skips its evaluation to be quick, and the resumed run skipped it as well
+    assert f'step {last}: train loss' in p.stdout
 
 
 def test_kill_during_save_leaves_a_loadable_checkpoint(char_dataset, tmp_path):
