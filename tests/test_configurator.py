@@ -53,6 +53,13 @@ def test_unknown_or_mistyped_key_in_a_config_file(tmp_path):
     cfg.write_text("learing_rate = 1e-3\n")
     with pytest.raises(ConfigError, match=r"unknown config key 'learing_rate' \(from .*typo.py\); did you mean"):
         apply_overrides(settings(), [str(cfg)])
+    # a helper variable: the message says how to keep it (it said only 'see --help')
+    cfg.write_text("_tokens = 1000\ntokens = 2000\nbatch_size = _tokens // 100\n")
+    with pytest.raises(ConfigError, match=r"unknown config key 'tokens' .*; a helper variable in a config file "
+                                          r"needs a leading _ \(_tokens\)$"):
+        apply_overrides(settings(), [str(cfg)])
+    cfg.write_text("_tokens = 1000\nbatch_size = _tokens // 100\n")
+    assert apply_overrides(settings(), [str(cfg)]) == {'batch_size': 10}
     cfg.write_text("batch_size = '12'\n")
     with pytest.raises(ConfigError, match="expected int, got str"):
         apply_overrides(settings(), [str(cfg)])
