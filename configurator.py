@@ -110,10 +110,12 @@ def configure(ns, argv=None):
     """apply_overrides on sys.argv[1:]; --help lists the settings. Returns every setting's final value."""
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ('-h', '--help') for a in argv):
-        print(f"usage: python {os.path.basename(sys.argv[0])} [config_file.py ...] [--key=value ...]")
-        print("settings (default):")
-        for key, value in knobs(ns).items():
-            print(f"  --{key}={value!r}")
+        lines = [f"usage: python {os.path.basename(sys.argv[0])} [config_file.py ...] [--key=value ...]",
+                 "settings (default):"] + [f"  --{key}={value!r}" for key, value in knobs(ns).items()]
+        try:
+            print('\n'.join(lines), flush=True)
+        except BrokenPipeError:  # --help | head: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
     quiet = int(os.environ.get('RANK', '0')) != 0  # under torchrun, only rank 0 talks
     try:

@@ -123,7 +123,8 @@ tokens_per_iter = gradient_accumulation_steps * world_size * batch_size * block_
 if master_process:
     print(f"device {device}, dtype {dtype}, {world_size} process(es), tokens per iteration {tokens_per_iter:,}")
     try:
-        os.makedirs(out_dir, exist_ok=True)
+        if not eval_only:  # which writes nothing
+            os.makedirs(out_dir, exist_ok=True)
     except OSError as e:
         fail(f"cannot create out_dir {out_dir!r}: {e.strerror}")
     if not eval_only and not os.access(out_dir, os.W_OK):

@@ -1,5 +1,8 @@
 """configurator.py: config files and --key=value flags over a script's globals.
 Run: python -m pytest -q tests/test_configurator.py"""
+import subprocess
+import sys
+
 import pytest
 
 from configurator import ConfigError, apply_overrides, configure
@@ -104,3 +107,11 @@ def test_train_py_cli_errors(tmp_path):
     assert p.returncode == 2 and "did you mean 'learning_rate'" in p.stderr and 'Traceback' not in p.stderr
     p = run('train.py', '--batch_size=abc', check=False)
     assert p.returncode == 2 and 'expected int' in p.stderr and 'Traceback' not in p.stderr
+
+
+def test_help_into_a_closed_pipe_is_quiet():
+    """Regression: `python train.py --help | head -1` ended in a BrokenPipeError traceback."""
+    p = subprocess.Popen([sys.executable, str(REPO / 'train.py'), '--help'], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    p.stdout.close()  # before the child writes: its first write meets a closed pipe
+    assert p.wait(timeout=60) == 0 and p.stderr.read() == b''

@@ -61,6 +61,9 @@ def test_learns_and_checkpoint_loads(char_dataset, tmp_path):
               '--eval_iters=5')
     assert f"val loss {val[-1]:.4f}" in p.stdout and not re.search(r'^iter ', p.stdout, re.M)
     assert (tmp_path / 'out' / 'ckpt.pt').read_bytes() == before
+    # regression: eval_only from scratch created out_dir, though it writes nothing
+    train(char_dataset, tmp_path / 'fresh', '--eval_only=True')
+    assert not (tmp_path / 'fresh').exists()
 
 
 def test_resume_is_bitwise_identical(char_dataset, tmp_path):
