@@ -119,21 +119,6 @@ if ddp and device_type == 'cuda':
 if ddp:
     dist.init_process_group(backend=backend or ('nccl' if device_type == 'cuda' else 'gloo'))
     atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())  # also after errors
-tokens_per_iter = gradient_accumulation_steps * world_size * batch_size * block_size
-if master_process:
-    print(f"device {device}, dtype {dtype}, {world_size} process(es), tokens per iteration {tokens_per_iter:,}")
-    try:
-        if not eval_only:  # which writes nothing
-            os.makedirs(out_dir, exist_ok=True)
-    except OSError as e:
-        fail(f"cannot create out_dir {out_dir!r}: {e.strerror}")
-    if not eval_only and not os.access(out_dir, os.W_OK):
-        fail(f"out_dir {out_dir!r} is not writable; choose another with --out_dir=...")
-torch.manual_seed(seed + rank)  # dropout masks differ across processes
-torch.set_float32_matmul_precision('high')  # TF32 matmuls on Ampere+ GPUs
-ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
-ctx = nullcontext() if dtype == 'float32' else torch.autocast(device_type=device_type, dtype=ptdtype)
-
 # a resumed run takes its model's shape from the checkpoint: shape settings left at their defaults are
 # filled in from it (a fine-tune's config names none), and any that were given must agree with it
 iter_num, best_val_loss, checkpoint = 0, float('inf'), None
@@ -159,6 +144,21 @@ if init_from == 'resume':
     for k in _shape_defaults:
         model_config[k] = config[k] = model_args[k]
     block_size = model_config['block_size']
+
+tokens_per_iter = gradient_accumulation_steps * world_size * batch_size * block_size
+if master_process:
+    print(f"device {device}, dtype {dtype}, {world_size} process(es), tokens per iteration {tokens_per_iter:,}")
+    try:
+        if not eval_only:  # which writes nothing
+            os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        fail(f"cannot create out_dir {out_dir!r}: {e.strerror}")
+    if not eval_only and not os.access(out_dir, os.W_OK):
+        fail(f"out_dir {out_dir!r} is not writable; choose another with --out_dir=...")
+torch.manual_seed(seed + rank)  # dropout masks differ across processes
+torch.set_float32_matmul_precision('high')  # TF32 matmuls on Ampere+ GPUs
+ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
+ctx = nullcontext() if dtype == 'float32' else torch.autocast(device_type=device_type, dtype=ptdtype)
 
 # data -----------------------------------------------------------------------
 data_dir = dataset if os.path.isdir(dataset) else os.path.join(os.path.dirname(__file__), 'data', dataset)

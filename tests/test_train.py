@@ -108,6 +108,7 @@ def test_finetune_from_local_hf_directory(tmp_path):
             '--init_from=resume', '--max_iters=5', '--eval_interval=5', '--eval_iters=2', '--batch_size=4',
             '--gradient_accumulation_steps=1', '--beta1=0.5', '--weight_decay=0.5')
     assert 'iter 5: loss' in p.stdout and 'beta1 0.9 -> 0.5' in p.stdout and 'n_layer' not in p.stdout
+    assert 'tokens per iteration 128' in p.stdout  # 4 x 32, the checkpoint's block_size, not the default 1024
     ckpt = load(tmp_path / 'out' / 'ckpt.pt')
     assert ckpt['iter_num'] == 5 and ckpt['model_args']['block_size'] == 32
     groups = ckpt['optimizer']['param_groups']
