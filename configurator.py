@@ -83,8 +83,8 @@ def apply_overrides(ns, argv, verbose=False):
                 if key not in defaults:
                     if key in ns:  # a script global that is not a setting (a module, a function)
                         continue
-                    e = _unknown(key, defaults, origin)
-                    raise ConfigError(f"{e}; a helper variable in a config file needs a leading _ (_{key})")
+                    raise ConfigError(f"{_unknown(key, defaults, origin)}; a helper variable in a config file "
+                                      f"needs a leading _ (_{key})")
                 if key in ns and value is ns[key]:
                     continue
                 changed[key] = ns[key] = _check(key, value, defaults[key], optional, origin)

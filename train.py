@@ -135,6 +135,7 @@ if init_from == 'resume':
         model_args = checkpoint['model_args']
         diff = [f"{k}: checkpoint {model_args[k]}, requested {config[k]}" for k, v in _shape_defaults.items()
                 if config[k] != v and config[k] != model_args[k]]
+        model_config['vocab_size'] = model_args['vocab_size']  # the dataset's is checked against it below
     except Exception as e:
         fail(f"{ckpt_path} is corrupted or not a checkpoint of this code ({type(e).__name__}: "
              f"{str(e).splitlines()[0][:200]}); delete it or use another --out_dir")
@@ -213,11 +214,6 @@ if init_from == 'scratch':
     model_config['vocab_size'] = meta_vocab_size or 50304  # GPT-2's 50257 padded to a multiple of 64
     model = GPT(GPTConfig(**model_config))
 elif init_from == 'resume':
-    model_config['vocab_size'] = meta_vocab_size or model_args['vocab_size']
-    if model_config['vocab_size'] != model_args['vocab_size']:
-        fail(f"{ckpt_path} does not match the requested model (vocab_size: checkpoint "
-             f"{model_args['vocab_size']}, requested {model_config['vocab_size']}); pass the settings it "
-             f"was trained with (e.g. its config file) or another --out_dir")
     model = GPT(GPTConfig(**model_config))
     try:
         model.load_state_dict(checkpoint['model'])
@@ -243,8 +239,8 @@ elif init_from.startswith('gpt2') or os.path.isdir(init_from):
 else:
     fail(f"init_from={init_from!r}: use 'scratch', 'resume', a gpt2* name or a Hugging Face model directory")
 if meta_vocab_size and meta_vocab_size != model.config.vocab_size:
-    fail(f"the model's vocab_size {model.config.vocab_size} differs from the dataset's {meta_vocab_size} "
-         f"({meta_path}); train from scratch on this dataset, or pick the dataset it was trained on")
+    fail(f"the model does not fit the dataset (vocab_size: checkpoint {model.config.vocab_size}, dataset "
+         f"{meta_vocab_size} in {meta_path}); train from scratch on this dataset, or pick the one it was trained on")
 if not meta_vocab_size and model.config.vocab_size < 50257:
     fail(f"{data_dir} has no meta.pkl, so GPT-2 BPE is assumed, but the model has only "
          f"{model.config.vocab_size} tokens; rerun the dataset's prepare.py to write meta.pkl")
@@ -272,7 +268,7 @@ if checkpoint is not None:
         if device_type == 'cuda' and rng.get('cuda') is not None:
             torch.cuda.set_rng_state(rng['cuda'])
     wandb_run_id = checkpoint.get('wandb_run_id')
-    resume_evaluated = checkpoint.get('evaluated', True)  # False: saved by a stop before its evaluation
+    resume_evaluated = checkpoint.get('evaluated', True)
     checkpoint = None  # free the loaded tensors before training
 raw_model = model  # unwrapped and uncompiled: what checkpoints store
 if compile and device_type == 'cuda':
@@ -303,12 +299,13 @@ def estimate_loss():
     return out
 
 
-def save_checkpoint(rng_states, evaluated):
+def save_checkpoint(rng_states):
     """Write ckpt.pt atomically: to a temp file, then renamed over the old one."""
     ckpt = {'model': raw_model.state_dict(), 'optimizer': optimizer.state_dict(),
             'model_args': dict(raw_model.config.__dict__), 'iter_num': iter_num,
             'best_val_loss': float(best_val_loss), 'config': config, 'scaler': scaler.state_dict(),
-            'rng': rng_states, 'wandb_run_id': wandb_run_id, 'evaluated': evaluated}
+            'rng': rng_states, 'wandb_run_id': wandb_run_id,
+            'evaluated': not stopping}  # a stop saves before its step's evaluation: the resumed run does it
     tmp_path = ckpt_path + '.tmp'
     try:
         with open(tmp_path, 'wb') as f:
@@ -388,11 +385,11 @@ while True:
             improved = losses['val'] < best_val_loss
             best_val_loss = min(best_val_loss, losses['val'])
             if not eval_only and iter_num > start_iter and (improved or always_save_checkpoint):
-                save_checkpoint(rng_states, evaluated=True)
+                save_checkpoint(rng_states)
     if stopping and iter_num > start_iter:  # interrupted: keep the last completed iteration
         rng_states = gather_rng_states(batch_state)
         if master_process:
-            save_checkpoint(rng_states, evaluated=False)
+            save_checkpoint(rng_states)
     if finished or stopping or eval_only:
         break
 
