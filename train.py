@@ -8,7 +8,8 @@ $ torchrun --standalone --nproc_per_node=8 train.py
 DDP on 2 nodes of 8 GPUs each (add NCCL_IB_DISABLE=1 without InfiniBand):
 $ torchrun --nproc_per_node=8 --nnodes=2 --node_rank=0 --master_addr=10.0.0.1 --master_port=1234 train.py
 $ torchrun --nproc_per_node=8 --nnodes=2 --node_rank=1 --master_addr=10.0.0.1 --master_port=1234 train.py
-Ctrl-C or SIGTERM: the current iteration ends, a checkpoint is saved, exit code 130 (143 for SIGTERM).
+Ctrl-C or SIGTERM: the current iteration ends, a checkpoint is saved, exit code 130 (143 for SIGTERM);
+the same when the reader of a piped log quits (exit code 141).
 """
 import atexit
 import hashlib
@@ -318,7 +319,7 @@ def save_checkpoint(rng_states):
             os.remove(tmp_path)
         fail(f"cannot write {ckpt_path} ({' '.join(str(e).split())[:200]}); the previous checkpoint is "
              f"unchanged. Free some disk space or choose another --out_dir")
-    print(f"saved checkpoint to {ckpt_path} (iter {iter_num})")
+    log(f"saved checkpoint to {ckpt_path} (iter {iter_num})")
 
 
 def gather_rng_states(batch_state):
@@ -353,6 +354,17 @@ def on_signal(signum, frame):
 signal.signal(signal.SIGINT, on_signal)
 signal.signal(signal.SIGTERM, on_signal)
 
+
+def log(msg):
+    """print and flush (a piped log shows up at once); a reader that has quit (| grep -m1) stops the run
+    as a signal does, so the iterations since the last checkpoint are kept"""
+    global stop_signal
+    try:
+        print(msg, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the rest, and the buffer, go nowhere
+        stop_signal = stop_signal or signal.SIGPIPE
+
 if wandb_log and master_process:
     import wandb
     run = wandb.init(project=wandb_project, name=wandb_run_name, config=config, id=wandb_run_id,
@@ -376,7 +388,7 @@ while True:
         rng_states = None if eval_only else gather_rng_states(batch_state)
         if master_process:
             losses = estimate_loss()
-            print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+            log(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
             if not math.isfinite(losses['val']):
                 fail(f"val loss is {losses['val']} at iter {iter_num}; the checkpoint was left as it was")
             if wandb_log:
@@ -432,7 +444,7 @@ while True:
         if mfu is not None and iter_num - start_iter > 5:  # the first iterations are still warming up
             running_mfu = mfu if running_mfu is None else 0.9 * running_mfu + 0.1 * mfu
         mfu_text = f"{running_mfu * 100:.2f}%" if running_mfu is not None else "n/a"
-        print(f"iter {iter_num}: loss {loss_value:.4f}, time {dt_avg * 1000:.2f}ms, mfu {mfu_text}, "
+        log(f"iter {iter_num}: loss {loss_value:.4f}, time {dt_avg * 1000:.2f}ms, mfu {mfu_text}, "
               f"tok/s {tokens_per_iter / dt_avg:,.0f}, grad norm {grad_norm.item():.4f}, lr {lr:.3e}")
         if wandb_log:
             wandb.log({'iter': iter_num, 'train/loss': loss_value, 'lr': lr, 'grad_norm': grad_norm.item()})

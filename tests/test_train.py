@@ -143,6 +143,25 @@ def test_sigint_saves_the_last_completed_iteration(char_dataset, tmp_path):
     assert f'step {last}: train loss' in p.stdout
 
 
+def test_reader_quitting_early_stops_like_a_signal(char_dataset, tmp_path):
+    """Regression: with stdout piped into a reader that quits early (| grep -m1 iter), the next log
+    line raised BrokenPipeError: a traceback, and the iterations since the last checkpoint were lost.
+    Now it stops as on a signal: a checkpoint, a line on stderr, exit code 141 (a SIGPIPE'd process's)."""
+    proc = subprocess.Popen([sys.executable, str(REPO / 'train.py'), *TINY, f'--dataset={char_dataset}',
+                             f'--out_dir={tmp_path / "out"}', '--max_iters=100000', '--eval_interval=1000'],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # block-buffered
+    for line in proc.stdout:
+        if line.startswith('iter 3:'):
+            break
+    proc.stdout.close()  # the reader goes away
+    code = proc.wait(timeout=120)
+    err = proc.stderr.read()
+    assert code == 141, err
+    assert 'Traceback' not in err, err
+    last = int(re.search(r'stopped by SIGPIPE at iter (\d+)', err).group(1))
+    assert last > 3 and load(tmp_path / 'out' / 'ckpt.pt')['iter_num'] == last
+
+
 def test_kill_during_save_leaves_a_loadable_checkpoint(char_dataset, tmp_path):
     out = tmp_path / 'out'
     proc = subprocess.Popen([sys.executable, str(REPO / 'train.py'), *TINY, f'--dataset={char_dataset}',
