@@ -216,7 +216,7 @@ def test_bad_input_exits_with_one_line_and_writes_no_bin(tmp_path, script, conte
 
 @pytest.mark.parametrize('script', ['data/shakespeare_char/prepare.py', 'data/shakespeare/prepare.py',
                                     pytest.param('data/openwebtext/prepare.py', marks=needs_tiktoken)])
-def test_out_dir_that_is_a_file_is_one_line(tmp_path, script):
+def test_bad_out_dir_is_one_line(tmp_path, script):
     """Regression: --out_dir naming an existing file ended in a FileExistsError traceback from makedirs."""
     src, out = write(tmp_path / 'in.txt', TEXT), write(tmp_path / 'taken', 'not a folder')
     p = run(script, f'--input={src}', f'--out_dir={out}', cwd=tmp_path, check=False,
@@ -224,3 +224,8 @@ def test_out_dir_that_is_a_file_is_one_line(tmp_path, script):
     assert p.returncode != 0 and 'Traceback' not in p.stderr, p.stderr
     assert p.stderr.strip() == f"error: out_dir '{out}' is a file, not a folder; choose another with --out_dir="
     assert out.read_text() == 'not a folder'
+    # regression: an out_dir that cannot be created (here: under a file) was a FileNotFoundError traceback
+    p = run(script, f'--input={src}', f'--out_dir={out / "sub"}', cwd=tmp_path, check=False,
+            env={'HF_DATASETS_CACHE': str(tmp_path / 'hf_cache'), 'TIKTOKEN_CACHE_DIR': str(TIKTOKEN_CACHE)})
+    assert p.returncode != 0 and p.stderr.strip() == (f"error: cannot create out_dir '{out / 'sub'}' (Not a "
+                                                      f"directory); choose another with --out_dir="), p.stderr
