@@ -71,6 +71,14 @@ for name in ('batch_size', 'block_size', 'vocab_size', 'n_layer', 'n_head', 'n_e
         raise SystemExit(f"error: {name}={globals()[name]} must be >= 1")
 if grad_clip < 0:
     raise SystemExit(f"error: grad_clip={grad_clip} must be >= 0 (0 disables clipping)")
+if num_threads < 0:
+    raise SystemExit(f"error: num_threads={num_threads} must be >= 0 (0 keeps torch's default)")
+if profile:
+    try:
+        os.makedirs(profile_dir, exist_ok=True)
+    except OSError as e:
+        raise SystemExit(f"error: cannot create profile_dir {profile_dir!r} ({e.strerror}); choose another "
+                         f"with --profile_dir=")
 try:
     device = resolve_device(device)
     dtype = resolve_dtype(device, dtype)

@@ -49,6 +49,7 @@ def test_sample_config_is_the_shakespeare_char_shape(tmp_path):
 
 
 def test_bad_input_is_one_line(tmp_path):
+    (tmp_path / 'a_file').write_text('not a folder')
     p = run('bench.py', *TINY_BENCH, '--device=tpu', cwd=tmp_path, check=False)
     assert p.returncode != 0
     assert p.stderr.strip().count('\n') == 0 and "device='tpu'" in p.stderr, p.stderr
@@ -57,9 +58,13 @@ def test_bad_input_is_one_line(tmp_path):
                            (['--batch_size=0'], 'batch_size=0 must be >= 1'),
                            (['--mode=sample', '--max_new_tokens=0'], 'max_new_tokens=0 must be >= 1'),
                            (['--grad_clip=-1'], 'grad_clip=-1.0 must be >= 0'),
-                           (['--n_embd=31'], 'n_embd=31 is not divisible by n_head=2')]:
+                           (['--n_embd=31'], 'n_embd=31 is not divisible by n_head=2'),
+                           (['--num_threads=-1'], 'num_threads=-1 must be >= 0 (0 keeps torch'),
+                           (['--profile=True', f'--profile_dir={tmp_path / "a_file" / "x"}'],  # under a file
+                            f"cannot create profile_dir '{tmp_path / 'a_file' / 'x'}' (Not a directory)")]:
         p = run('bench.py', *TINY_BENCH, *flags, cwd=tmp_path, check=False)
         assert p.returncode != 0 and 'Traceback' not in p.stderr and message in p.stderr, p.stderr
+        assert 'steps after' not in p.stdout  # refused before any timing
     bpe = tmp_path / 'bpe'
     bpe.mkdir()
     np.arange(100, dtype=np.uint16).tofile(bpe / 'train.bin')  # no meta.pkl: GPT-2 BPE tokens
