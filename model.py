@@ -163,7 +163,8 @@ def sample_logits(logits, temperature=1.0, top_k=None, top_p=None):
         sorted_logits, order = torch.sort(logits, descending=True)
         probs = F.softmax(sorted_logits, dim=-1)
         mass_before = probs.cumsum(dim=-1) - probs  # mass of the strictly more likely tokens
-        drop = mass_before >= top_p                 # the first token always survives (mass 0)
+        drop = mass_before >= top_p
+        drop[:, 0] = False  # the most likely token always survives, even if top_p rounds to 0 in float32
         logits = logits.masked_fill(torch.zeros_like(drop).scatter(1, order, drop), float('-inf'))
     return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
 

@@ -317,3 +317,10 @@ def test_tiny_temperature_is_near_greedy_not_nan():
     either inf, nan or element < 0')."""
     logits = torch.tensor([[1.0, 3.0, 2.0], [0.5, -1.0, 0.0]])
     assert sample_logits(logits, temperature=1e-40).tolist() == [[1], [0]]
+
+
+def test_tiny_top_p_keeps_the_most_likely_token():
+    """Regression: top_p=1e-50 rounds to 0 in float32, so every token was dropped, the most likely
+    one too, and multinomial raised 'probability tensor contains either inf, nan or element < 0'."""
+    logits = torch.tensor([[1.0, 3.0, 2.0], [0.5, -1.0, 0.0]])
+    assert sample_logits(logits, top_p=1e-50).tolist() == [[1], [0]]
