@@ -98,6 +98,8 @@ if init_from == 'resume':
         data_dir = dataset if os.path.isdir(dataset) else os.path.join(repo, 'data', dataset)
         meta_path = os.path.join(data_dir, 'meta.pkl')
 else:
+    if not init_from.startswith('gpt2') and not os.path.isdir(init_from):
+        raise SystemExit(f"error: init_from={init_from!r} is not 'resume', a gpt2* name or an existing directory")
     try:
         model = GPT.from_pretrained(init_from, dict(dropout=0.0))
     except ValueError as e:

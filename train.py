@@ -163,6 +163,8 @@ ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torc
 ctx = nullcontext() if dtype == 'float32' else torch.autocast(device_type=device_type, dtype=ptdtype)
 
 # data -----------------------------------------------------------------------
+if os.path.isdir(dataset):  # stored absolute, so sample.py finds its meta.pkl from any folder
+    dataset = config['dataset'] = os.path.abspath(dataset)
 data_dir = dataset if os.path.isdir(dataset) else os.path.join(os.path.dirname(__file__), 'data', dataset)
 if not os.path.isdir(dataset) and os.sep in dataset:
     fail(f"dataset={dataset!r} is not a folder; give a folder holding train.bin and val.bin, or a name in data/")

@@ -220,6 +220,9 @@ def test_errors(char_ckpt, sample, tmp_path):
         ([f'--out_dir={out_dir}', '--dtype=float8'], "dtype='float8'"),
         ([f'--out_dir={out_dir}', '--top_k=0'], 'top_k=0 must be >= 1'),
         ([f'--out_dir={out_dir}', '--top_p=1.5'], r'top_p=1\.5 must be in \(0, 1\]'),
+        # regression: a directory that does not exist got Hugging Face's 'Repo id must be in the form'
+        ([f'--init_from={tmp_path}/no_such_dir'], r"init_from='.*no_such_dir' is not 'resume', a gpt2\* name "
+                                                  r"or an existing directory$"),
     ]
     for flags, message in cases:
         with pytest.raises(SystemExit, match=message):
@@ -295,9 +298,13 @@ def test_ctrl_c_and_a_closed_pipe_end_quietly(char_ckpt, sample, monkeypatch, tm
 
 @pytest.mark.skipif(not (REPO / 'train.py').exists(), reason='train.py not written yet')
 def test_sample_from_train_py_checkpoint(char_dataset, tmp_path):
+    """Also a regression: a dataset folder given as a relative path was stored as typed, so sample.py run
+    from another folder could not find its meta.pkl."""
     out, env = tmp_path / 'out', {'OMP_NUM_THREADS': '1'}  # a tiny model runs faster on one thread
-    run('train.py', *TINY, f'--dataset={char_dataset}', f'--out_dir={out}', cwd=tmp_path, env=env)
+    run('train.py', *TINY, f'--dataset={os.path.relpath(char_dataset, tmp_path)}', f'--out_dir={out}',
+        cwd=tmp_path, env=env)
+    (tmp_path / 'elsewhere').mkdir()
     p = run('sample.py', f'--out_dir={out}', '--device=cpu', '--num_samples=2', '--max_new_tokens=20',
-            '--start=All:', cwd=tmp_path, env=env)
+            '--start=All:', cwd=tmp_path / 'elsewhere', env=env)
     got = samples(p.stdout)
     assert len(got) == 2 and all(s.startswith('All:') and len(s) == 24 for s in got)
