@@ -92,6 +92,9 @@ for name in ('batch_size', 'block_size', 'gradient_accumulation_steps', 'eval_in
         fail(f"{name}={globals()[name]} must be positive")
 if max_iters < 0:
     fail(f"max_iters={max_iters} must be >= 0")
+if grad_clip < 0 or peak_flops < 0:
+    fail(f"grad_clip={grad_clip} must be >= 0 (0 disables clipping)" if grad_clip < 0 else
+         f"peak_flops={peak_flops} must be >= 0 (0 looks the GPU up)")
 
 # DDP and device setup -------------------------------------------------------
 ddp = int(os.environ.get('RANK', -1)) != -1  # launched by torchrun?
@@ -245,8 +248,8 @@ if meta_vocab_size and meta_vocab_size != model.config.vocab_size:
     fail(f"the model does not fit the dataset (vocab_size: checkpoint {model.config.vocab_size}, dataset "
          f"{meta_vocab_size} in {meta_path}); train from scratch on this dataset, or pick the one it was trained on")
 if not meta_vocab_size and model.config.vocab_size < 50257:
-    fail(f"{data_dir} has no meta.pkl, so GPT-2 BPE is assumed, but the model has only "
-         f"{model.config.vocab_size} tokens; rerun the dataset's prepare.py to write meta.pkl")
+    fail(f"the model does not fit the dataset (vocab_size: checkpoint {model.config.vocab_size}, dataset: GPT-2 "
+         f"BPE, as {data_dir} has no meta.pkl); pick the dataset it was trained on")
 model.to(device)
 
 # optimizer, GradScaler, compile, DDP -----------------------------------------

@@ -204,7 +204,9 @@ def test_bad_checkpoints_are_refused(char_dataset, tmp_path):
     # a char-level checkpoint on a dataset whose meta.pkl went missing
     os.remove(other / 'meta.pkl')
     p = train(other, out, '--init_from=resume', check=False)
-    assert_one_line_error(p, 'has no meta.pkl')
+    # regression: the advice was to rerun prepare.py to write a meta.pkl, which a BPE dataset never has
+    assert_one_line_error(p, f"the model does not fit the dataset (vocab_size: checkpoint 33, dataset: GPT-2 "
+                             f"BPE, as {other} has no meta.pkl); pick the dataset it was trained on")
     # truncated
     (out / 'ckpt.pt').write_bytes(good[:len(good) // 2])
     p = train(char_dataset, out, '--init_from=resume', check=False)
@@ -224,6 +226,9 @@ def test_bad_checkpoints_are_refused(char_dataset, tmp_path):
     # regressions: AdamW's own ValueErrors came out as tracebacks
     (['--learning_rate=-1'], 'Invalid learning rate: -1.0; check learning_rate, beta1, beta2 and weight_decay'),
     (['--beta1=2'], 'Invalid beta parameter at index 0: 2.0; check'),
+    # regressions: a negative grad_clip turned clipping off, a negative peak_flops gave a negative MFU
+    (['--grad_clip=-1'], 'grad_clip=-1.0 must be >= 0 (0 disables clipping)'),
+    (['--peak_flops=-1'], 'peak_flops=-1.0 must be >= 0 (0 looks the GPU up)'),
 ])
 def test_bad_settings(char_dataset, tmp_path, args, message):
     if args == ['--device=cuda'] and torch.cuda.is_available():
