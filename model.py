@@ -334,16 +334,18 @@ class GPT(nn.Module):
                            n_head=hc.n_head, n_embd=hc.n_embd, bias=True, **override_args)
         return cls.from_hf_state_dict(hf.state_dict(), config)
 
-    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, verbose=True):
         """AdamW where matrices and embeddings (ndim >= 2) are decayed; biases and LayerNorm gains are not,
-        since shrinking a gain or an offset toward zero does not regularise anything."""
+        since shrinking a gain or an offset toward zero does not regularise anything. verbose prints the
+        group sizes."""
         params = [p for p in self.parameters() if p.requires_grad]
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
         groups = [{'params': decay, 'weight_decay': weight_decay},
                   {'params': no_decay, 'weight_decay': 0.0}]
-        print(f"decayed tensors: {len(decay)} ({sum(p.numel() for p in decay):,} parameters), "
-              f"non-decayed: {len(no_decay)} ({sum(p.numel() for p in no_decay):,} parameters)")
+        if verbose:
+            print(f"decayed tensors: {len(decay)} ({sum(p.numel() for p in decay):,} parameters), "
+                  f"non-decayed: {len(no_decay)} ({sum(p.numel() for p in no_decay):,} parameters)")
         fused = device_type == 'cuda' and 'fused' in inspect.signature(torch.optim.AdamW).parameters
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({'fused': True} if fused else {}))
 

@@ -255,7 +255,7 @@ model.to(device)
 # optimizer, GradScaler, compile, DDP -----------------------------------------
 scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16' and device_type == 'cuda'))
 try:
-    optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
+    optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type, master_process)
 except ValueError as e:  # torch's checks, e.g. "Invalid beta parameter at index 0: 2.0"
     fail(f"{e}; check learning_rate, beta1, beta2 and weight_decay")
 wandb_run_id, resume_evaluated = None, True

@@ -37,6 +37,7 @@ def test_two_processes_train_log_once_and_stay_identical(char_dataset, tmp_path)
     assert abs(mfu / (flops_per_token * tok_s / 2 / 1e10) - 1) < 0.02, line
     assert p.stdout.count('iter 10: loss') == 1 and p.stdout.count('step 10: train loss') == 1
     assert p.stdout.count('Overriding: max_iters = 10') == 1
+    assert p.stdout.count('decayed tensors: ') == 1  # regression: every process printed its optimizer groups
     assert 'tokens per iteration 256' in p.stdout  # 2 processes x 1 micro-step x 4 x 32
     assert 'parameters identical on all 2 processes' in p.stdout
     assert os.listdir(tmp_path / 'ddp') == ['ckpt.pt']
