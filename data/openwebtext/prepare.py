@@ -148,16 +148,16 @@ if __name__ == '__main__':  # the guard is required: num_proc workers re-import 
     if os.path.exists(cfg['out_dir']) and not os.path.isdir(cfg['out_dir']):  # before hours of work
         fail(f"out_dir {cfg['out_dir']!r} is a file, not a folder; choose another with --out_dir=")
     try:
-        os.makedirs(cfg['out_dir'], exist_ok=True)
-    except OSError as e:
-        fail(f"cannot create out_dir {cfg['out_dir']!r} ({e.strerror}); choose another with --out_dir=")
-    try:
         enc = tiktoken.get_encoding('gpt2')  # fail here, before any work, if tiktoken has no files
     except Exception as e:
         fail(f"could not load tiktoken's gpt2 encoding ({first_line(e)}); offline, set TIKTOKEN_CACHE_DIR "
              f"to a folder holding its files")
     assert enc.max_token_value < 2**16, "GPT-2 ids must fit in uint16"
     docs = load_documents(cfg['input'], cfg['num_proc'])
+    try:  # only now: a failed load leaves no empty folder behind
+        os.makedirs(cfg['out_dir'], exist_ok=True)
+    except OSError as e:
+        fail(f"cannot create out_dir {cfg['out_dir']!r} ({e.strerror}); choose another with --out_dir=")
     print(f"documents: train {len(docs['train']):,}, val {len(docs['val']):,}")
     try:
         counts = prepare(docs, cfg['out_dir'], cfg['num_proc'])

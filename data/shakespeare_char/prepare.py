@@ -55,7 +55,11 @@ def load_text(input_path, out_dir, url=URL):
         raise SystemExit(f"error: {source} is not UTF-8 text ({e.reason} at byte {e.start})") from None
     if not text:
         raise SystemExit(f"error: {source} is empty")
-    os.makedirs(out_dir, exist_ok=True)
+    try:  # only now: a failed load leaves no empty folder behind
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        raise SystemExit(f"error: cannot create out_dir {out_dir!r} ({e.strerror}); choose another "
+                         f"with --out_dir=") from None
     if not (os.path.isfile(cached) and Path(cached).read_bytes() == data):
         write_atomic(cached, data)
     return text
@@ -92,11 +96,6 @@ def text_from_command_line(default_out_dir):
     configure(cfg)
     if os.path.exists(cfg['out_dir']) and not os.path.isdir(cfg['out_dir']):
         raise SystemExit(f"error: out_dir {cfg['out_dir']!r} is a file, not a folder; choose another with --out_dir=")
-    try:
-        os.makedirs(cfg['out_dir'], exist_ok=True)
-    except OSError as e:
-        raise SystemExit(f"error: cannot create out_dir {cfg['out_dir']!r} ({e.strerror}); choose another "
-                         f"with --out_dir=") from None
     text = load_text(cfg['input'], cfg['out_dir'])
     print(f"length of dataset in characters: {len(text):,}")
     return text, cfg['out_dir']
