@@ -370,6 +370,7 @@ def log(msg):
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the rest, and the buffer, go nowhere
         stop_signal = stop_signal or signal.SIGPIPE
 
+
 if wandb_log and master_process:
     import wandb
     run = wandb.init(project=wandb_project, name=wandb_run_name, config=config, id=wandb_run_id,
@@ -450,7 +451,7 @@ while True:
             running_mfu = mfu if running_mfu is None else 0.9 * running_mfu + 0.1 * mfu
         mfu_text = f"{running_mfu * 100:.2f}%" if running_mfu is not None else "n/a"
         log(f"iter {iter_num}: loss {loss_value:.4f}, time {dt_avg * 1000:.2f}ms, mfu {mfu_text}, "
-              f"tok/s {tokens_per_iter / dt_avg:,.0f}, grad norm {grad_norm.item():.4f}, lr {lr:.3e}")
+            f"tok/s {tokens_per_iter / dt_avg:,.0f}, grad norm {grad_norm.item():.4f}, lr {lr:.3e}")
         if wandb_log:
             wandb.log({'iter': iter_num, 'train/loss': loss_value, 'lr': lr, 'grad_norm': grad_norm.item()})
         train_time, last_log_iter = 0.0, iter_num
