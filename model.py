@@ -108,12 +108,13 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.size()
         qkv = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head)
         q, k, v = qkv.transpose(1, 3).unbind(2)  # each (B, nh, T, hs)
-        past = 0
         if kv_cache is not None:
-            past = kv_cache.pos
             k, v = kv_cache.update(self.layer_idx, k, v)   # (B, nh, past + T, hs)
-        # flash / memory-efficient kernels on CUDA; a single new token may attend to every cached one
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=(past == 0),
+        # Only a fresh sequence has T > 1 (GPT.forward checks); a single new token attends to every cached
+        # one. Written as a branch: under torch.compile T may be symbolic, and SDPA takes a bool, not a SymBool
+        causal = True if T > 1 else False
+        # flash / memory-efficient kernels on CUDA
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=causal,
                                            dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).reshape(B, T, C)  # heads side by side again
         return self.resid_dropout(self.c_proj(y))

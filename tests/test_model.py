@@ -324,3 +324,20 @@ def test_tiny_top_p_keeps_the_most_likely_token():
     one too, and multinomial raised 'probability tensor contains either inf, nan or element < 0'."""
     logits = torch.tensor([[1.0, 3.0, 2.0], [0.5, -1.0, 0.0]])
     assert sample_logits(logits, top_p=1e-50).tolist() == [[1], [0]]
+
+
+def test_cached_decoding_compiles_as_one_graph():
+    """Regression: SDPA's is_causal was `past == 0`; once dynamo made the cache position symbolic (the
+    third call) that was a SymBool, which SDPA rejects, so every decoding step broke the graph and
+    sample.py --compile=True compiled each layer on its own (past 8 layers: not at all)."""
+    torch._dynamo.reset()  # what earlier tests compiled would change which sizes are dynamic
+    model = tiny_model()
+    compiled = torch.compile(model, backend='eager', fullgraph=True)
+    for prompt_len in (5, 7, 9):  # prompts of several lengths: the prompt length becomes dynamic too
+        prompt = torch.randint(0, 65, (1, prompt_len))
+        cache, ref_cache = KVCache(model.config), KVCache(model.config)
+        with torch.no_grad():
+            assert torch.allclose(compiled(prompt, kv_cache=cache)[0], model(prompt, kv_cache=ref_cache)[0], atol=1e-6)
+            for t in range(4):  # then positions 5, 6, 7, 8 (...): the position becomes dynamic
+                x = prompt[:, t:t + 1]
+                assert torch.allclose(compiled(x, kv_cache=cache)[0], model(x, kv_cache=ref_cache)[0], atol=1e-6)
