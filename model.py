@@ -209,11 +209,14 @@ def resolve_dtype(device, dtype='auto'):
     kind = device.split(':')[0]
     if dtype not in ('auto', 'float32', 'bfloat16', 'float16'):
         raise ValueError(f"dtype={dtype!r}: use 'auto', 'float32', 'bfloat16' or 'float16'")
-    bf16_ok = kind != 'cuda' or torch.cuda.is_bf16_supported()
+    # native bf16 from Ampere (compute capability 8) on; torch.cuda.is_bf16_supported() also counts the
+    # slow emulation of older GPUs (V100, T4), and it asks about the current GPU, not this one
+    bf16_ok = kind != 'cuda' or bool(torch.version.hip) or torch.cuda.get_device_capability(device)[0] >= 8
     if dtype == 'auto':
         return 'float32' if kind == 'cpu' else 'bfloat16' if bf16_ok else 'float16'
     if dtype == 'bfloat16' and not bf16_ok:
-        raise ValueError(f"dtype=bfloat16 is not supported by {torch.cuda.get_device_name()}; use --dtype=float16")
+        raise ValueError(f"dtype=bfloat16 is not supported natively by {torch.cuda.get_device_name(device)}; "
+                         f"use --dtype=float16")
     return dtype
 
 

@@ -250,9 +250,12 @@ def test_missing_dataset_and_unwritable_out_dir(tmp_path):
 
 
 def test_bfloat16_without_support_is_refused(monkeypatch):
-    monkeypatch.setattr(torch.cuda, 'is_bf16_supported', lambda *a, **k: False)
+    """Also a regression: torch.cuda.is_bf16_supported() is True on a T4 (it counts emulation), so 'auto'
+    picked a slow emulated bfloat16 there instead of float16 with a GradScaler."""
+    monkeypatch.setattr(torch.cuda, 'is_bf16_supported', lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda *a, **k: (7, 5))
     monkeypatch.setattr(torch.cuda, 'get_device_name', lambda *a, **k: 'Tesla T4')
-    with pytest.raises(ValueError, match='bfloat16 is not supported by Tesla T4; use --dtype=float16'):
+    with pytest.raises(ValueError, match='bfloat16 is not supported natively by Tesla T4; use --dtype=float16'):
         resolve_dtype('cuda', 'bfloat16')
     assert resolve_dtype('cuda', 'auto') == 'float16'
     assert resolve_dtype('cpu', 'auto') == 'float32'
@@ -277,7 +280,7 @@ def test_single_gpu_setup_gets_past_device_selection(char_dataset, tmp_path):
         "import torch\n"
         "from torch._utils import _get_device_index\n"
         "torch.cuda.is_available = lambda: True\n"
-        "torch.cuda.is_bf16_supported = lambda *a, **k: True\n"
+        "torch.cuda.get_device_capability = lambda *a, **k: (9, 0)\n"
         "torch.cuda.set_device = lambda d: _get_device_index(torch.device(d) if isinstance(d, str) else d)\n")
     args = [a for a in TINY if not a.startswith(('--device', '--dtype'))]
     p = run('train.py', *args, f'--dataset={char_dataset}', f'--out_dir={tmp_path / "out"}', '--device=cuda',
