@@ -107,6 +107,9 @@ if ddp:
              f"{world_size} DDP processes; make it a multiple of {world_size}")
     gradient_accumulation_steps //= world_size
 master_process = rank == 0
+if ddp and device.startswith('cuda:'):
+    fail(f"--device={device}: under torchrun each process takes GPU LOCAL_RANK; use --device=cuda and choose "
+         f"the GPUs with CUDA_VISIBLE_DEVICES")
 try:
     device = resolve_device(device)
     if ddp and device == 'cuda':

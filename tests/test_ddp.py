@@ -76,3 +76,14 @@ def test_accumulation_not_divisible_by_world_size(char_dataset, tmp_path):
     msg = 'gradient_accumulation_steps=3 is not divisible by the 2 DDP processes'
     assert p.stderr.count(msg) == 2, p.stderr[-3000:]  # every rank says it, none hangs
     assert not (tmp_path / 'out').exists()
+
+
+def test_a_numbered_cuda_device_is_refused(char_dataset, tmp_path):
+    """Regression: only a bare --device=cuda was mapped to cuda:LOCAL_RANK, so --device=cuda:0 put every
+    process on the same GPU (NCCL: 'Duplicate GPU detected')."""
+    p = torchrun(f'--dataset={char_dataset}', f'--out_dir={tmp_path / "out"}', '--gradient_accumulation_steps=2',
+                 '--device=cuda:0')
+    assert p.returncode != 0
+    msg = ('--device=cuda:0: under torchrun each process takes GPU LOCAL_RANK; use --device=cuda and choose '
+           'the GPUs with CUDA_VISIBLE_DEVICES')
+    assert p.stderr.count(msg) == 2, p.stderr[-3000:]
