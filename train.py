@@ -121,8 +121,10 @@ try:
 except ValueError as e:
     fail(e)
 device_type = device.split(':')[0]
-if ddp and device_type == 'cuda':
-    torch.cuda.set_device(device)  # set_device needs an index: a single process keeps the default GPU
+if device_type == 'cuda' and ':' in device:
+    # cuda:N (cuda:LOCAL_RANK under DDP) becomes the current GPU, which defaults such as the CUDA random
+    # state refer to; a bare 'cuda' is the current GPU already (set_device needs an index)
+    torch.cuda.set_device(device)
 if ddp:
     dist.init_process_group(backend=backend or ('nccl' if device_type == 'cuda' else 'gloo'))
     atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())  # also after errors
@@ -275,7 +277,7 @@ if checkpoint is not None:
         batch_gen.set_state(rng['batch'])
         torch.set_rng_state(rng['torch'])
         if device_type == 'cuda' and rng.get('cuda') is not None:
-            torch.cuda.set_rng_state(rng['cuda'])
+            torch.cuda.set_rng_state(rng['cuda'], device)
     wandb_run_id = checkpoint.get('wandb_run_id')
     resume_evaluated = checkpoint.get('evaluated', True)
     checkpoint = None  # free the loaded tensors before training
@@ -333,7 +335,7 @@ def save_checkpoint(rng_states):
 def gather_rng_states(batch_state):
     """Every process's random state as it stands before the next training batch is drawn."""
     state = {'batch': batch_state, 'torch': torch.get_rng_state(),
-             'cuda': torch.cuda.get_rng_state() if device_type == 'cuda' else None}
+             'cuda': torch.cuda.get_rng_state(device) if device_type == 'cuda' else None}
     if not ddp:
         return [state]
     states = [None] * world_size

@@ -281,12 +281,20 @@ def test_single_gpu_setup_gets_past_device_selection(char_dataset, tmp_path):
         "from torch._utils import _get_device_index\n"
         "torch.cuda.is_available = lambda: True\n"
         "torch.cuda.get_device_capability = lambda *a, **k: (9, 0)\n"
-        "torch.cuda.set_device = lambda d: _get_device_index(torch.device(d) if isinstance(d, str) else d)\n")
+        "import sys\n"
+        "def set_device(d):\n"
+        "    print('set_device', _get_device_index(torch.device(d) if isinstance(d, str) else d), file=sys.stderr)\n"
+        "torch.cuda.set_device = set_device\n")
     args = [a for a in TINY if not a.startswith(('--device', '--dtype'))]
     p = run('train.py', *args, f'--dataset={char_dataset}', f'--out_dir={tmp_path / "out"}', '--device=cuda',
             check=False, env={'PYTHONPATH': str(shim)})
-    assert 'specified index' not in p.stderr, p.stderr[-2000:]
+    assert 'specified index' not in p.stderr and 'set_device' not in p.stderr, p.stderr[-2000:]
     assert 'device cuda, dtype bfloat16, 1 process(es)' in p.stdout, p.stderr[-2000:]
+    # regression: with --device=cuda:1 the current GPU stayed 0, so the CUDA random state was saved and
+    # restored on GPU 0 (torch.cuda.get_rng_state's default), and a context was made there
+    p = run('train.py', *args, f'--dataset={char_dataset}', f'--out_dir={tmp_path / "out"}', '--device=cuda:1',
+            check=False, env={'PYTHONPATH': str(shim)})
+    assert 'set_device 1' in p.stderr and 'device cuda:1, dtype bfloat16' in p.stdout, p.stderr[-2000:]
 
 
 def test_sigterm_after_sigint_still_saves(char_dataset, tmp_path):
