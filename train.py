@@ -267,7 +267,8 @@ wandb_run_id, resume_evaluated = None, True
 if checkpoint is not None:
     try:
         optimizer.load_state_dict(checkpoint['optimizer'])
-        scaler.load_state_dict(checkpoint['scaler'])
+        if checkpoint['scaler']:  # {} from a run without float16: an enabled scaler starts afresh
+            scaler.load_state_dict(checkpoint['scaler'])
         for group, wd in zip(optimizer.param_groups, (weight_decay, 0.0)):  # this run's settings, not the saved ones
             group.update(betas=(beta1, beta2), weight_decay=wd)
     except (ValueError, KeyError, RuntimeError) as e:

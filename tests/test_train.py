@@ -17,8 +17,8 @@ from conftest import REPO, TINY, run, write_char_dataset
 from model import GPT, GPTConfig, resolve_dtype
 
 
-def train(data, out, *args, check=True, cwd=None):
-    return run('train.py', *TINY, f'--dataset={data}', f'--out_dir={out}', *args, check=check, cwd=cwd)
+def train(data, out, *args, check=True, cwd=None, env=None):
+    return run('train.py', *TINY, f'--dataset={data}', f'--out_dir={out}', *args, check=check, cwd=cwd, env=env)
 
 
 def losses(stdout):
@@ -295,6 +295,23 @@ def test_single_gpu_setup_gets_past_device_selection(char_dataset, tmp_path):
     p = run('train.py', *args, f'--dataset={char_dataset}', f'--out_dir={tmp_path / "out"}', '--device=cuda:1',
             check=False, env={'PYTHONPATH': str(shim)})
     assert 'set_device 1' in p.stderr and 'device cuda:1, dtype bfloat16' in p.stdout, p.stderr[-2000:]
+
+
+def test_resume_with_a_scaler_from_a_run_without_one(char_dataset, tmp_path):
+    """Regression: a float32 or bfloat16 run saves its disabled GradScaler as {}; resumed with float16 on
+    CUDA (an enabled scaler) that raised 'The source state dict is empty', reported as an optimizer
+    state that does not fit. Simulated on the CPU with a shim that enables every GradScaler."""
+    out = tmp_path / 'out'
+    train(char_dataset, out, '--max_iters=2')
+    shim = tmp_path / 'shim'
+    shim.mkdir()
+    (shim / 'sitecustomize.py').write_text(
+        "import torch\n"
+        "_GradScaler = torch.amp.GradScaler\n"
+        "torch.amp.GradScaler = lambda device, enabled=True, **kw: _GradScaler(device, enabled=True, **kw)\n")
+    p = train(char_dataset, out, '--init_from=resume', '--max_iters=4', env={'PYTHONPATH': str(shim)})
+    assert 'iter 4: loss' in p.stdout
+    assert load(out / 'ckpt.pt')['scaler']['scale'] == 65536.0  # the enabled scaler's state, saved
 
 
 def test_sigterm_after_sigint_still_saves(char_dataset, tmp_path):
