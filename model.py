@@ -173,10 +173,10 @@ def sample_logits(logits, temperature=1.0, top_k=None, top_p=None):
 # Dense bf16 peak of common accelerators, matched against torch.cuda.get_device_name().
 # The first match wins, so the more specific names come first.
 PEAK_FLOPS = [
-    ('H100 PCIe', 756e12), ('H100', 989e12), ('H200', 989e12), ('GH200', 989e12), ('B200', 2250e12),
-    ('A100', 312e12), ('A800', 312e12), ('L40S', 362e12), ('L40', 181e12), ('L4', 121e12),
-    ('A10G', 70e12), ('A10', 125e12), ('RTX 4090', 165e12), ('RTX 3090', 71e12), ('V100', 125e12),
-    ('T4', 65e12),
+    ('H100 PCIe', 756e12), ('H100 NVL', 835e12), ('H100', 989e12), ('GH200', 989e12), ('H200', 989e12),
+    ('B200', 2250e12), ('A100', 312e12), ('A800', 312e12), ('L40S', 362e12), ('L40', 181e12),
+    ('L4', 121e12), ('A10G', 70e12), ('A10', 125e12), ('RTX 4090', 165e12), ('RTX 3090', 71e12),
+    ('V100', 125e12), ('T4', 65e12),
 ]
 
 

@@ -128,6 +128,7 @@ def test_estimate_mfu_uses_the_device_peak():
     model = tiny_model()
     assert device_peak_flops('NVIDIA H100 80GB HBM3') == 989e12
     assert device_peak_flops('NVIDIA H100 PCIe') == 756e12
+    assert device_peak_flops('NVIDIA H100 NVL') == 835e12  # regression: matched 'H100' (989)
     assert device_peak_flops('NVIDIA A100-SXM4-40GB') == 312e12
     assert device_peak_flops('Some Unknown GPU') is None
     if not torch.cuda.is_available():
