@@ -36,7 +36,7 @@ seed = 1337
 device = 'auto'       # 'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:1', 'mps'
 dtype = 'auto'        # 'auto' (bfloat16 on GPUs that have it, float32 on CPU), 'float32', 'bfloat16', 'float16'
 batch = False         # draw all num_samples at once: faster, but each is printed only when all are done
-compile = False       # torch.compile the forward; on CPU it was slower (the KV cache makes it recompile)
+compile = False       # torch.compile the forward (a graph for the prompt, one for the steps); slower on CPU
 _optional = ('top_k', 'top_p')  # settings that --key=None may turn off
 # -----------------------------------------------------------------------------
 with redirect_stdout(sys.stderr):  # the configurator's messages; stdout carries only the samples
