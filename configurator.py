@@ -106,6 +106,12 @@ def apply_overrides(ns, argv, verbose=False):
     return changed
 
 
+def drop_stdout():
+    """After a BrokenPipeError (the reader of stdout has quit, e.g. | head): send the rest of stdout, and
+    what is still buffered, to /dev/null, so later prints and the exit's flush raise nothing."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def configure(ns, argv=None):
     """apply_overrides on sys.argv[1:]; --help lists the settings. Returns every setting's final value."""
     argv = sys.argv[1:] if argv is None else argv
@@ -115,7 +121,7 @@ def configure(ns, argv=None):
         try:
             print('\n'.join(lines), flush=True)
         except BrokenPipeError:  # --help | head: the reader has what it wanted
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            drop_stdout()
         sys.exit(0)
     quiet = int(os.environ.get('RANK', '0')) != 0  # under torchrun, only rank 0 talks
     try:

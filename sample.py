@@ -19,7 +19,7 @@ from contextlib import nullcontext, redirect_stdout
 
 import torch
 
-from configurator import configure
+from configurator import configure, drop_stdout
 from model import GPT, GPTConfig, resolve_device, resolve_dtype
 
 # -----------------------------------------------------------------------------
@@ -209,5 +209,5 @@ except KeyboardInterrupt:
     print("\ninterrupted", file=sys.stderr)
     sys.exit(130)
 except BrokenPipeError:  # the reader left early (| head): stop quietly, and so must the final flush
-    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    drop_stdout()
     sys.exit(1)

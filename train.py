@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from configurator import configure
+from configurator import configure, drop_stdout
 from model import GPT, GPTConfig, get_lr, resolve_device, resolve_dtype
 
 # -----------------------------------------------------------------------------
@@ -92,9 +92,9 @@ for name in ('batch_size', 'block_size', 'gradient_accumulation_steps', 'eval_in
         fail(f"{name}={globals()[name]} must be positive")
 if max_iters < 0:
     fail(f"max_iters={max_iters} must be >= 0")
-if grad_clip < 0 or peak_flops < 0:
-    fail(f"grad_clip={grad_clip} must be >= 0 (0 disables clipping)" if grad_clip < 0 else
-         f"peak_flops={peak_flops} must be >= 0 (0 looks the GPU up)")
+for name, zero in (('grad_clip', 'disables clipping'), ('peak_flops', 'looks the GPU up')):
+    if globals()[name] < 0:
+        fail(f"{name}={globals()[name]} must be >= 0 (0 {zero})")
 
 # DDP and device setup -------------------------------------------------------
 ddp = int(os.environ.get('RANK', -1)) != -1  # launched by torchrun?
@@ -171,12 +171,13 @@ ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torc
 ctx = nullcontext() if dtype == 'float32' else torch.autocast(device_type=device_type, dtype=ptdtype)
 
 # data -----------------------------------------------------------------------
-if os.path.isdir(dataset):  # stored absolute, so sample.py finds its meta.pkl from any folder
+dataset_is_folder = os.path.isdir(dataset)
+if dataset_is_folder:  # stored absolute, so sample.py finds its meta.pkl from any folder
     dataset = config['dataset'] = os.path.abspath(dataset)
-data_dir = dataset if os.path.isdir(dataset) else os.path.join(os.path.dirname(__file__), 'data', dataset)
-if not os.path.isdir(dataset) and os.sep in dataset:
+elif os.sep in dataset:
     fail(f"dataset={dataset!r} is not a folder; give a folder holding train.bin and val.bin, or a name in data/")
-prepare_hint = f"run  python data/{dataset}/prepare.py" if not os.path.isdir(dataset) else "prepare it first"
+data_dir = dataset if dataset_is_folder else os.path.join(os.path.dirname(__file__), 'data', dataset)
+prepare_hint = "prepare it first" if dataset_is_folder else f"run  python data/{dataset}/prepare.py"
 split_len = {}
 for split in ('train', 'val'):
     path = os.path.join(data_dir, f'{split}.bin')
@@ -373,7 +374,7 @@ def log(msg):
     try:
         print(msg, flush=True)
     except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the rest, and the buffer, go nowhere
+        drop_stdout()
         stop_signal = stop_signal or signal.SIGPIPE
 
 
