@@ -9,11 +9,10 @@
     python bench.py --json=True                       # also one JSON object on stdout's last line
 
 Timed steps are synchronized with the device (CUDA, MPS), so each step's time is its real duration.
-The tokens/s and MFU use the median step; MFU is against the GPU's dense bf16 peak (model.PEAK_FLOPS)
+The tokens/s and MFU use the median step; MFU is against the GPU's dense bf16 peak (runtime.PEAK_FLOPS)
 and n/a where the peak is unknown (a CPU) unless --peak_flops is given.
 """
 import os
-import pickle
 import sys
 import time
 from contextlib import nullcontext
@@ -22,8 +21,9 @@ from json import dumps
 import numpy as np
 import torch
 
-from configurator import configure
-from model import GPT, GPTConfig, device_peak_flops, resolve_device, resolve_dtype
+import runtime
+from configurator import configure, fail, make_dir
+from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
 # what to time
@@ -50,47 +50,31 @@ grad_clip = 1.0 # 0.0 disables
 # system
 seed = 1337
 device = 'auto' # 'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:1', 'mps'
-dtype = 'auto' # 'auto', 'float32', 'bfloat16' or 'float16'
-compile = True # torch.compile the model (train mode)
+dtype = 'auto' # 'auto', 'float32', 'bfloat16' or 'float16' (float16: with a GradScaler, as in train.py)
+compile = True # torch.compile the model (train mode), on CUDA only as in train.py
 num_threads = 0 # CPU threads for torch (torch.set_num_threads); 0 keeps torch's default
-peak_flops = 0.0 # device peak FLOP/s for MFU; 0.0: the CUDA device's bf16 peak from model.PEAK_FLOPS
+peak_flops = 0.0 # device peak FLOP/s for MFU; 0.0: the CUDA device's bf16 peak from runtime.PEAK_FLOPS
 # output
 profile = False # trace the timed steps with torch.profiler (open in TensorBoard or Perfetto)
 profile_dir = 'out-bench' # folder the trace is written to
 json = False # print one JSON object with every figure as the last line of stdout
+_positive = ('steps', 'max_new_tokens', 'batch_size', 'block_size', 'n_layer', 'n_head', 'n_embd', 'vocab_size')
+_non_negative = ('warmup', 'grad_clip', 'num_threads', 'peak_flops')
 # -----------------------------------------------------------------------------
-config = configure(globals())
+config, given = configure(globals())
 # -----------------------------------------------------------------------------
-
+SIZES = ('batch_size', 'block_size', 'n_layer', 'n_head', 'n_embd', 'vocab_size')
 if mode not in ('train', 'sample'):
-    raise SystemExit(f"error: mode={mode!r}: use 'train' or 'sample'")
-if steps < 1 or warmup < 0:
-    raise SystemExit(f"error: steps={steps} must be >= 1 and warmup={warmup} >= 0")
-for name in ('batch_size', 'block_size', 'vocab_size', 'n_layer', 'n_head', 'n_embd', 'max_new_tokens'):
-    if globals()[name] < 1:
-        raise SystemExit(f"error: {name}={globals()[name]} must be >= 1")
-if grad_clip < 0:
-    raise SystemExit(f"error: grad_clip={grad_clip} must be >= 0 (0 disables clipping)")
-if num_threads < 0:
-    raise SystemExit(f"error: num_threads={num_threads} must be >= 0 (0 keeps torch's default)")
+    fail(f"mode={mode!r}: use 'train' or 'sample'")
 if profile:
-    try:
-        os.makedirs(profile_dir, exist_ok=True)
-    except OSError as e:
-        raise SystemExit(f"error: cannot create profile_dir {profile_dir!r} ({e.strerror}); choose another "
-                         f"with --profile_dir=")
-try:
-    device = resolve_device(device)
-    dtype = resolve_dtype(device, dtype)
-except ValueError as e:
-    raise SystemExit(f"error: {e}")
-device_type = device.split(':')[0]
+    make_dir(profile_dir, 'profile_dir')
+device, device_type, dtype, ctx = runtime.setup_device(device, dtype)
+if device_type == 'cpu' and not any(k in given for k in SIZES):
+    fail("bench.py's defaults are GPT-2 124M at batch 12 x 1024, a GPU's size (~15 GB and minutes a step on a "
+         "CPU); on a CPU run  python bench.py config/bench_cpu_tiny.py, or give the sizes (--batch_size, ...)")
 if num_threads > 0:
     torch.set_num_threads(num_threads)
 torch.manual_seed(seed)
-torch.set_float32_matmul_precision('high')  # TF32 matmuls on Ampere+ GPUs
-ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
-ctx = nullcontext() if dtype == 'float32' else torch.autocast(device_type=device_type, dtype=ptdtype)
 
 
 def sync():
@@ -111,30 +95,12 @@ def peak_memory_mb():
 
 
 # ---------------------------------------------------------------------------- data
-get_batch = None
 if real_data:
-    repo_data = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data')
-    data_dir = dataset if os.path.isdir(dataset) else os.path.join(repo_data, dataset)
-    train_bin = os.path.join(data_dir, 'train.bin')
-    if not os.path.exists(train_bin):
-        prepare = os.path.relpath(os.path.join(data_dir, 'prepare.py'))
-        raise SystemExit(f"error: {train_bin} not found: run  python {prepare}")
-    data = np.memmap(train_bin, dtype=np.uint16, mode='r')
-    if len(data) <= block_size:
-        raise SystemExit(f"error: {train_bin} has {len(data)} tokens, fewer than block_size+1={block_size + 1}")
-    meta_path = os.path.join(data_dir, 'meta.pkl')
-    if os.path.exists(meta_path):
-        with open(meta_path, 'rb') as f:
-            vocab_size = pickle.load(f)['vocab_size']
-    elif vocab_size < 50257:
-        raise SystemExit(f"error: {data_dir} has no meta.pkl, so it holds GPT-2 BPE tokens, but vocab_size="
-                         f"{vocab_size}; use --vocab_size=50304")
-
-    def get_batch():
-        ix = torch.randint(len(data) - block_size, (batch_size,)).tolist()
-        x = torch.stack([torch.from_numpy(data[i:i + block_size].astype(np.int64)) for i in ix])
-        y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + block_size].astype(np.int64)) for i in ix])
-        return x.to(device), y.to(device)
+    data_dir = runtime.dataset_dir(dataset)
+    n_tokens = runtime.split_tokens(data_dir, 'train', block_size)
+    meta = runtime.read_vocab(data_dir)
+    vocab_size = meta['vocab_size'] if meta else vocab_size
+    runtime.check_vocab(vocab_size, meta, data_dir)
 else:
     xy = torch.randint(vocab_size, (batch_size, block_size + 1), device=device)
     X, Y = xy[:, :-1], xy[:, 1:]  # (B, T) each: the same batch every step
@@ -144,7 +110,7 @@ try:
     model = GPT(GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head,
                           n_embd=n_embd, bias=bias, dropout=dropout)).to(device)
 except ValueError as e:  # e.g. n_embd not divisible by n_head
-    raise SystemExit(f"error: {e}")
+    fail(e)
 n_params = model.get_num_params()
 # a busy CPU (load above its core count) slows a multi-threaded step many times over: record both
 load = os.getloadavg()[0] if hasattr(os, 'getloadavg') else None
@@ -167,7 +133,7 @@ if mode == 'sample':
     # ------------------------------------------------------------------------ generation
     # the cache makes a step cost one position; without it every step re-encodes the whole sequence
     if max_new_tokens >= block_size:
-        raise SystemExit(f"error: max_new_tokens={max_new_tokens} must be < block_size={block_size}")
+        fail(f"max_new_tokens={max_new_tokens} must be < block_size={block_size}")
     model.eval()
     prompt = torch.zeros((batch_size, 1), dtype=torch.long, device=device)
     with ctx:
@@ -194,8 +160,9 @@ if mode == 'sample':
 else:
     # ------------------------------------------------------------------------ training step
     optimizer = model.configure_optimizers(weight_decay, learning_rate, (0.9, 0.95), device_type)
-    scaler = torch.amp.GradScaler(device_type, enabled=(dtype == 'float16'))
+    scaler = runtime.grad_scaler(device_type, dtype)
     raw_model = model
+    compile = runtime.use_compile(compile, device_type)
     if compile:
         model = torch.compile(model)
 
@@ -226,8 +193,9 @@ else:
     times = []
     with prof:
         for it in range(warmup + steps):
-            if get_batch is not None:
-                X, Y = get_batch()  # fetched outside the clock: only the step is timed
+            if real_data:  # fetched outside the clock: only the step is timed
+                X, Y = runtime.windows(data_dir, 'train', torch.randint(n_tokens - block_size, (batch_size,)),
+                                       block_size, device)
             sync()
             t0 = time.perf_counter()
             loss = train_step(X, Y)
@@ -239,8 +207,7 @@ else:
     dt = s['ms_median'] / 1000
     s['first_step_ms'] = times[0] * 1000  # includes compilation with compile=True
     s['tokens_per_s'] = batch_size * block_size / dt
-    peak = peak_flops or (device_peak_flops(torch.cuda.get_device_name(device)) if device_type == 'cuda' else 0)
-    s['mfu'] = raw_model.estimate_mfu(batch_size, dt, peak_flops=peak) if peak else None
+    s['mfu'] = raw_model.estimate_mfu(batch_size, dt, runtime.peak_flops(device, peak_flops))
     s['peak_mem_mb'], s['mem_kind'] = peak_memory_mb()
     s['loss'] = loss.item()
     result.update(s, compile=compile, real_data=real_data, steps=steps, warmup=warmup)

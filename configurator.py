@@ -1,16 +1,21 @@
-"""Settings for the scripts: module-level globals, overridden by config files and --key=value flags.
+"""Settings for the scripts: module-level globals, overridden by config files and --key=value flags,
+and the one way every script reports a mistake the user can fix.
 
     python train.py config/train_shakespeare_char.py --batch_size=32 --compile=False
 
 An argument without '--' is a config file of plain assignments, exec'd over the settings; '--key=value'
 sets one setting. The new value must have the default's type (an int is accepted for a float), bools
 are true/false in any case, `--flag` alone means --flag=True, and None is accepted where the default is
-None or the script lists the name in its `_optional` tuple. Mistakes end with one line and exit code 2.
+None or the script lists the name in its `_optional` tuple. A script may also declare `_positive` and
+`_non_negative` tuples of settings, checked once every override is in. A mistake ends with one
+`error: ...` line on stderr and exit code 2 (fail); a traceback always means a bug.
 """
 import ast
 import difflib
 import os
+import signal
 import sys
+import time
 import types
 
 KNOB_TYPES = (bool, int, float, str, type(None))
@@ -18,6 +23,56 @@ KNOB_TYPES = (bool, int, float, str, type(None))
 
 class ConfigError(ValueError):
     pass
+
+
+class UserError(SystemExit):
+    """What fail() raises: exit code 2, and the message as its text (for whoever catches it)."""
+
+    def __init__(self, msg):
+        super().__init__(2)
+        self.msg = msg
+
+    def __str__(self):
+        return f"error: {self.msg}"
+
+
+def fail(msg):
+    """A mistake the user can fix: one 'error: ...' line on stderr, exit code 2, no traceback. Under
+    torchrun every process meets the same mistake, and the first one on each node prints it. The others
+    wait: torchrun stops them as soon as that one exits, unless the mistake is theirs alone."""
+    if int(os.environ.get('LOCAL_RANK', '0')):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # torchrun's stop ends the wait at once
+        time.sleep(5)
+        msg = f"{msg} (rank {os.environ.get('RANK')})"
+    print(f"error: {msg}", file=sys.stderr, flush=True)
+    raise UserError(msg)
+
+
+def oneline(e):
+    """An exception as one line of at most ~300 characters (an EOFError's message is empty)."""
+    text = ': '.join([type(e).__name__] + [' '.join(str(e).split())] * bool(str(e).strip()))
+    return text if len(text) <= 300 else text[:297] + '...'
+
+
+def make_dir(path, setting='out_dir', create=True):
+    """Check (and with create, make) the folder a setting names; a problem is one line naming the setting."""
+    fix = f"choose another with --{setting}="
+    if os.path.exists(path) and not os.path.isdir(path):
+        fail(f"{setting} {path!r} is a file, not a folder; {fix}")
+    if not create:
+        return
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        fail(f"cannot create {setting} {path!r} ({e.strerror}); {fix}")
+    if not os.access(path, os.W_OK):
+        fail(f"{setting} {path!r} is not writable; {fix}")
+
+
+def drop_stdout():
+    """After a BrokenPipeError (the reader of stdout has quit, e.g. | head): send the rest of stdout, and
+    what is still buffered, to /dev/null, so later prints and the exit's flush raise nothing."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def knobs(ns):
@@ -57,63 +112,65 @@ def _parse(key, text, default, optional):
         return text
 
 
-def apply_overrides(ns, argv, verbose=False):
-    """Apply config files and --key=value arguments to the dict ns in order; returns {key: new value}."""
+def _apply_file(ns, arg, defaults, optional, script_dir, changed):
+    path = arg if os.path.exists(arg) else os.path.join(script_dir, arg)
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {arg!r} not found")
+    origin = f"from {arg}"
+    scope = dict(ns)
+    try:
+        with open(path) as f:
+            source = f.read()
+        code = compile(source, path, 'exec')
+        exec(code, scope)
+    except Exception as e:
+        raise ConfigError(f"config file {arg} failed: {type(e).__name__}: {e}") from e
+    # the names it assigns count as given even when the value is the default's (n_layer = 12)
+    assigned = {n.id for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+    for key, value in scope.items():
+        if key.startswith('_') or isinstance(value, types.ModuleType) or callable(value):
+            continue
+        if key not in defaults:
+            if key in ns:  # a script global that is not a setting (a module, a function)
+                continue
+            raise ConfigError(f"{_unknown(key, defaults, origin)}; a helper variable in a config file "
+                              f"needs a leading _ (_{key})")
+        if key in assigned or value is not ns[key]:
+            changed[key] = ns[key] = _check(key, value, defaults[key], optional, origin)
+
+
+def apply_overrides(ns, argv):
+    """Apply config files and --key=value arguments to the dict ns in order, then the declared checks;
+    returns {key: new value} for every setting they gave."""
     defaults = knobs(ns)
     optional = set(ns.get('_optional', ()))
     script_dir = os.path.dirname(os.path.abspath(ns.get('__file__', sys.argv[0])))
     changed = {}
     for arg in argv:
         if not arg.startswith('--'):
-            path = arg if os.path.exists(arg) else os.path.join(script_dir, arg)
-            if not os.path.isfile(path):
-                raise ConfigError(f"config file {arg!r} not found")
-            origin = f"from {arg}"
-            scope = dict(ns)
-            try:
-                with open(path) as f:
-                    exec(compile(f.read(), path, 'exec'), scope)
-            except Exception as e:
-                raise ConfigError(f"config file {arg} failed: {type(e).__name__}: {e}") from e
-            if verbose:
-                print(f"Overriding config with {arg}")
-            for key, value in scope.items():
-                if key.startswith('_') or isinstance(value, types.ModuleType) or callable(value):
-                    continue
-                if key not in defaults:
-                    if key in ns:  # a script global that is not a setting (a module, a function)
-                        continue
-                    raise ConfigError(f"{_unknown(key, defaults, origin)}; a helper variable in a config file "
-                                      f"needs a leading _ (_{key})")
-                if key in ns and value is ns[key]:
-                    continue
-                changed[key] = ns[key] = _check(key, value, defaults[key], optional, origin)
-        else:
-            key, eq, text = arg[2:].partition('=')
-            if key in ('h', 'help'):
-                raise ConfigError("--help takes no value")
-            if key not in defaults:
-                raise _unknown(key, defaults, f"from {arg}")
-            if not eq:
-                if not isinstance(defaults[key], bool):
-                    raise ConfigError(f"{arg}: expected --{key}=VALUE")
-                text = 'True'
-            value = _parse(key, text, defaults[key], optional)
-            changed[key] = ns[key] = _check(key, value, defaults[key], optional, f"from {arg}")
-    if verbose:
-        for key, value in changed.items():
-            print(f"Overriding: {key} = {value!r}")
+            _apply_file(ns, arg, defaults, optional, script_dir, changed)
+            continue
+        key, eq, text = arg[2:].partition('=')
+        if key in ('h', 'help'):
+            raise ConfigError("--help takes no value")
+        if key not in defaults:
+            raise _unknown(key, defaults, f"from {arg}")
+        if not eq:
+            if not isinstance(defaults[key], bool):
+                raise ConfigError(f"{arg}: expected --{key}=VALUE")
+            text = 'True'
+        value = _parse(key, text, defaults[key], optional)
+        changed[key] = ns[key] = _check(key, value, defaults[key], optional, f"from {arg}")
+    for names, ok, rule in (('_positive', lambda v: v > 0, 'positive'), ('_non_negative', lambda v: v >= 0, '>= 0')):
+        for key in ns.get(names, ()):
+            if ns[key] is not None and not ok(ns[key]):
+                raise ConfigError(f"{key}={ns[key]!r} must be {rule}")
     return changed
 
 
-def drop_stdout():
-    """After a BrokenPipeError (the reader of stdout has quit, e.g. | head): send the rest of stdout, and
-    what is still buffered, to /dev/null, so later prints and the exit's flush raise nothing."""
-    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-
-
 def configure(ns, argv=None):
-    """apply_overrides on sys.argv[1:]; --help lists the settings. Returns every setting's final value."""
+    """apply_overrides on sys.argv[1:], printing what changed; --help lists the settings.
+    Returns (every setting's final value, the settings the user gave with their values)."""
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ('-h', '--help') for a in argv):
         lines = [f"usage: python {os.path.basename(sys.argv[0])} [config_file.py ...] [--key=value ...]",
@@ -123,10 +180,14 @@ def configure(ns, argv=None):
         except BrokenPipeError:  # --help | head: the reader has what it wanted
             drop_stdout()
         sys.exit(0)
-    quiet = int(os.environ.get('RANK', '0')) != 0  # under torchrun, only rank 0 talks
     try:
-        apply_overrides(ns, argv, verbose=not quiet)
+        changed = apply_overrides(ns, argv)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    return knobs(ns)
+        fail(e)
+    if int(os.environ.get('RANK', '0')) == 0:  # under torchrun, only rank 0 talks
+        for arg in argv:
+            if not arg.startswith('--'):
+                print(f"Overriding config with {arg}")
+        for key, value in changed.items():
+            print(f"Overriding: {key} = {value!r}")
+    return knobs(ns), changed

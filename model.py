@@ -45,32 +45,6 @@ class LayerNorm(nn.Module):
         return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
 
 
-class Linear(nn.Linear):
-    """nn.Linear that spreads a one-row input over the CPU's threads.
-
-    A one-row matmul (a decoding step at batch 1) reads the whole weight for two FLOPs per element, so
-    it runs at memory speed, yet the BLAS sizes its threading by FLOPs and uses one core. Splitting the
-    weight's rows into one chunk per thread makes it a batched matmul that every core helps read.
-    (torch.ao.quantization.quantize_dynamic matches types exactly: give it {nn.Linear, Linear}.)"""
-
-    def forward(self, x):
-        # not while compiling (dynamo cannot trace get_num_threads) or tracing (that would bake in the
-        # split), and only for a plain weight tensor (not, e.g., a quantized tensor subclass)
-        if (torch.compiler.is_compiling() or torch.jit.is_tracing() or x.device.type != 'cpu'
-                or x.numel() != self.in_features or type(self.weight.data) is not torch.Tensor):
-            return super().forward(x)
-        n = torch.get_num_threads()
-        if n == 1 or self.out_features % n:
-            return super().forward(x)
-        w = self.weight.view(n, self.out_features // n, self.in_features)
-        x_col = x.reshape(1, -1).t().expand(n, -1, -1)  # (n, in, 1), the same row for every chunk
-        if self.bias is None:
-            y = torch.bmm(w, x_col)
-        else:
-            y = torch.baddbmm(self.bias.view(n, -1, 1), w, x_col)
-        return y.view(x.shape[:-1] + (self.out_features,))
-
-
 class KVCache:
     """Keys and values of the positions seen so far, preallocated for block_size positions.
 
@@ -100,8 +74,8 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.layer_idx = layer_idx
         self.n_head, self.n_embd, self.dropout = config.n_head, config.n_embd, config.dropout
-        self.c_attn = Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v at once
-        self.c_proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v at once
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x, kv_cache=None):
@@ -124,9 +98,9 @@ class MLP(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.c_fc = Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.gelu = nn.GELU(approximate='tanh')  # GPT-2 was trained with the tanh approximation
-        self.c_proj = Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
@@ -170,67 +144,6 @@ def sample_logits(logits, temperature=1.0, top_k=None, top_p=None):
     return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
 
 
-# Dense bf16 peak of common accelerators, matched against torch.cuda.get_device_name().
-# The first match wins, so the more specific names come first.
-PEAK_FLOPS = [
-    ('H100 PCIe', 756e12), ('H100 NVL', 835e12), ('H100', 989e12), ('GH200', 989e12), ('H200', 989e12),
-    ('B200', 2250e12), ('A100', 312e12), ('A800', 312e12), ('L40S', 362e12), ('L40', 181e12),
-    ('L4', 121e12), ('A10G', 70e12), ('A10', 125e12), ('RTX 4090', 165e12), ('RTX 3090', 71e12),
-    ('V100', 125e12), ('T4', 65e12),
-]
-
-
-def device_peak_flops(device_name):
-    """Dense bf16 peak FLOP/s of a device named like torch.cuda.get_device_name(), None if unknown."""
-    for key, flops in PEAK_FLOPS:
-        if key.lower() in device_name.lower():
-            return flops
-    return None
-
-
-def resolve_device(device='auto'):
-    """'auto' -> 'cuda' if available, else 'mps', else 'cpu'; an unavailable device is a ValueError."""
-    mps = hasattr(torch.backends, 'mps') and torch.backends.mps.is_available()
-    if device == 'auto':
-        return 'cuda' if torch.cuda.is_available() else 'mps' if mps else 'cpu'
-    kind = device.split(':')[0]
-    if kind not in ('cpu', 'cuda', 'mps'):
-        raise ValueError(f"device={device!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
-    if kind == 'cuda' and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} but CUDA is not available here; use --device=cpu (or auto)")
-    if kind == 'mps' and not mps:
-        raise ValueError(f"device={device!r} but MPS is not available here; use --device=cpu (or auto)")
-    return device
-
-
-def resolve_dtype(device, dtype='auto'):
-    """'auto' -> bfloat16 on CUDA where supported, else float16 (trained with a GradScaler); bfloat16 on
-    MPS; float32 on CPU. bfloat16 asked for on a GPU without it is refused (ValueError), not swapped."""
-    kind = device.split(':')[0]
-    if dtype not in ('auto', 'float32', 'bfloat16', 'float16'):
-        raise ValueError(f"dtype={dtype!r}: use 'auto', 'float32', 'bfloat16' or 'float16'")
-    # native bf16 from Ampere (compute capability 8) on; torch.cuda.is_bf16_supported() also counts the
-    # slow emulation of older GPUs (V100, T4), and it asks about the current GPU, not this one
-    bf16_ok = kind != 'cuda' or bool(torch.version.hip) or torch.cuda.get_device_capability(device)[0] >= 8
-    if dtype == 'auto':
-        return 'float32' if kind == 'cpu' else 'bfloat16' if bf16_ok else 'float16'
-    if dtype == 'bfloat16' and not bf16_ok:
-        raise ValueError(f"dtype=bfloat16 is not supported natively by {torch.cuda.get_device_name(device)}; "
-                         f"use --dtype=float16")
-    return dtype
-
-
-def get_lr(it, learning_rate, warmup_iters, lr_decay_iters, min_lr):
-    """Learning rate at step it: linear warmup (already > 0 at step 0), cosine decay to min_lr at
-    lr_decay_iters, min_lr after. lr_decay_iters <= warmup_iters means no cosine part at all."""
-    if it < warmup_iters:
-        return learning_rate * (it + 1) / (warmup_iters + 1)
-    if it >= lr_decay_iters:
-        return min_lr
-    progress = (it - warmup_iters) / (lr_decay_iters - warmup_iters)  # in [0, 1)
-    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (learning_rate - min_lr)
-
-
 class GPT(nn.Module):
 
     def __init__(self, config):
@@ -243,7 +156,7 @@ class GPT(nn.Module):
             h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
             ln_f=LayerNorm(config.n_embd, bias=config.bias),
         ))
-        self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         # weight tying (Press & Wolf 2017): the output projection is the token embedding, as in GPT-2
         self.transformer.wte.weight = self.lm_head.weight
         # init (GPT-2): every Linear/Embedding weight N(0, 0.02), biases 0, LayerNorm (1, 0);
@@ -353,14 +266,9 @@ class GPT(nn.Module):
         fused = device_type == 'cuda' and 'fused' in inspect.signature(torch.optim.AdamW).parameters
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({'fused': True} if fused else {}))
 
-    def estimate_mfu(self, fwdbwd_per_iter, dt, peak_flops=None):
-        """Model FLOPs utilization: achieved FLOP/s over peak_flops (default: the bf16 peak of the GPU the
-        model is on, from PEAK_FLOPS). None when the peak is unknown, e.g. on a CPU.
-
-        FLOPs per token 6N + 12 L H Q T, N the non-embedding parameters (PaLM, Chowdhery et al. 2022, App. B)."""
-        weight = self.lm_head.weight
-        if peak_flops is None and weight.is_cuda:  # a model on the CPU is not measured against a GPU
-            peak_flops = device_peak_flops(torch.cuda.get_device_name(weight.device))
+    def estimate_mfu(self, fwdbwd_per_iter, dt, peak_flops):
+        """Model FLOPs utilization: achieved FLOP/s over the device's peak_flops; None without a peak
+        (a CPU). FLOPs per token 6N + 12 L H Q T, N the non-embedding parameters (PaLM, App. B)."""
         if not peak_flops:
             return None
         cfg = self.config

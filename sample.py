@@ -12,15 +12,16 @@ backslash is kept as it is); a FILE: prompt is read verbatim.
 """
 import codecs
 import os
-import pickle
 import re
 import sys
-from contextlib import nullcontext, redirect_stdout
+from contextlib import redirect_stdout
 
 import torch
 
-from configurator import configure, drop_stdout
-from model import GPT, GPTConfig, resolve_device, resolve_dtype
+import checkpoint
+import runtime
+from configurator import configure, drop_stdout, fail, oneline
+from model import GPT
 
 # -----------------------------------------------------------------------------
 init_from = 'resume'  # 'resume' (out_dir/ckpt.pt), a GPT-2 name ('gpt2' ... 'gpt2-xl') or a save_pretrained dir
@@ -38,103 +39,64 @@ dtype = 'auto'        # 'auto' (bfloat16 on GPUs that have it, float32 on CPU), 
 batch = False         # draw all num_samples at once: faster, but each is printed only when all are done
 compile = False       # torch.compile the forward (a graph for the prompt, one for the steps); slower on CPU
 _optional = ('top_k', 'top_p')  # settings that --key=None may turn off
+_positive = ('num_samples', 'top_k')
+_non_negative = ('max_new_tokens', 'temperature')
 # -----------------------------------------------------------------------------
 with redirect_stdout(sys.stderr):  # the configurator's messages; stdout carries only the samples
     configure(globals())
 # -----------------------------------------------------------------------------
-
-
-def oneline(e):
-    """An exception as one line of at most ~300 characters, for a SystemExit message."""
-    text = f"{type(e).__name__}: {' '.join(str(e).split())}"
-    return text if len(text) <= 300 else text[:297] + '...'
+if top_p is not None and not (type(top_p) in (int, float) and 0 < top_p <= 1):
+    fail(f"top_p={top_p!r} must be in (0, 1], or None")
 
 
 def unescape(s):
     return re.sub(r'\\([nt\\])', lambda m: {'n': '\n', 't': '\t', '\\': '\\'}[m[1]], s)
 
 
-for bad, why in [(num_samples < 1, f"num_samples={num_samples} must be at least 1"),
-                 (max_new_tokens < 0, f"max_new_tokens={max_new_tokens} must be >= 0"),
-                 (temperature < 0, f"temperature={temperature} must be >= 0 (0 is greedy)"),
-                 (top_k is not None and top_k < 1, f"top_k={top_k} must be >= 1, or None"),
-                 (top_p is not None and not (type(top_p) in (int, float) and 0 < top_p <= 1),
-                  f"top_p={top_p!r} must be in (0, 1], or None")]:
-    if bad:
-        raise SystemExit(f"error: {why}")
 stop = unescape(stop)
-
-try:
-    device = resolve_device(device)
-    dtype = resolve_dtype(device, dtype)
-except ValueError as e:
-    raise SystemExit(f"error: {e}")
-device_type = device.split(':')[0]
-torch.set_float32_matmul_precision('high')  # TF32 matmuls on Ampere+ GPUs
-ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
-ctx = nullcontext() if dtype == 'float32' else torch.amp.autocast(device_type=device_type, dtype=ptdtype)
+device, device_type, dtype, ctx = runtime.setup_device(device, dtype)
 
 # ----------------------------------------------------------------------------- model
-meta_path = ''  # the dataset's meta.pkl, where a character-level vocabulary would be
+data_dir = None  # the dataset the checkpoint was trained on, whose meta.pkl holds a character vocabulary
 if init_from == 'resume':
-    ckpt_path = os.path.join(out_dir, 'ckpt.pt')
+    ckpt_path = os.path.join(out_dir, checkpoint.CKPT)
     if not os.path.isfile(ckpt_path):
         there = (f"{out_dir} does not exist" if not os.path.isdir(out_dir) else
                  f"{out_dir} holds: {', '.join(sorted(os.listdir(out_dir))[:8]) or 'nothing'}")
-        raise SystemExit(f"error: no checkpoint {ckpt_path} ({there}); train one first, e.g. "
-                         f"python train.py config/train_shakespeare_char.py --out_dir={out_dir}")
-    try:
-        checkpoint = torch.load(ckpt_path, map_location='cpu', weights_only=True)
-    except Exception as e:  # truncated, corrupted or not torch.save output: torch raises several types
-        raise SystemExit(f"error: cannot read {ckpt_path}; is it truncated or corrupted? ({oneline(e)})")
-    try:
-        model = GPT(GPTConfig(**checkpoint['model_args']))
-        model.load_state_dict(checkpoint['model'])  # strict: every key and shape must match
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise SystemExit(f"error: {ckpt_path} does not match this model.py: {oneline(e)}")
-    dataset = (checkpoint.get('config') or {}).get('dataset')
-    if isinstance(dataset, str) and dataset:  # an existing folder as is, else data/<dataset>, as in train.py
-        repo = os.path.dirname(os.path.abspath(__file__))
-        data_dir = dataset if os.path.isdir(dataset) else os.path.join(repo, 'data', dataset)
-        meta_path = os.path.join(data_dir, 'meta.pkl')
+        fail(f"no checkpoint {ckpt_path} ({there}); train one first, e.g. python train.py "
+             f"config/train_shakespeare_char.py --out_dir={out_dir}")
+    ckpt, _ = checkpoint.load(ckpt_path, checkpoint.FOR_SAMPLING)
+    model = checkpoint.build_model(ckpt, ckpt_path, dropout=0.0)
+    dataset = ckpt['config'].get('dataset') if isinstance(ckpt.get('config'), dict) else None
+    if isinstance(dataset, str) and dataset:
+        data_dir = runtime.dataset_dir(dataset, check=False)
 else:
     if not init_from.startswith('gpt2') and not os.path.isdir(init_from):
-        raise SystemExit(f"error: init_from={init_from!r} is not 'resume', a gpt2* name or an existing directory")
+        fail(f"init_from={init_from!r} is not 'resume', a gpt2* name or an existing directory")
     try:
         model = GPT.from_pretrained(init_from, dict(dropout=0.0))
     except ValueError as e:
-        raise SystemExit(f"error: {e}")
+        fail(e)
 model.eval()
 model.to(device)
 if compile:
     model.compile()  # in place: torch.compile(model) would wrap it, and generate would call the unwrapped model
 
 # ----------------------------------------------------------------------------- tokenizer
-char_level = os.path.isfile(meta_path)
-if char_level:
-    print(f"Loading meta from {meta_path}", file=sys.stderr)
-    try:
-        with open(meta_path, 'rb') as f:
-            meta = pickle.load(f)
-        stoi, itos, meta_vocab_size = meta['stoi'], meta['itos'], meta['vocab_size']
-    except Exception as e:  # truncated, not a pickle, or without the vocabulary
-        raise SystemExit(f"error: cannot read a vocabulary from {meta_path} ({oneline(e)}); rerun the "
-                         f"dataset's prepare.py")
-    if meta_vocab_size != model.config.vocab_size:
-        raise SystemExit(f"error: {meta_path} has {meta_vocab_size} tokens but the model has "
-                         f"{model.config.vocab_size}: the checkpoint was not trained on this dataset")
+meta = runtime.read_vocab(data_dir) if data_dir else None
+runtime.check_vocab(model.config.vocab_size, meta, data_dir)
+if meta:
+    print(f"Loading meta from {data_dir}/meta.pkl", file=sys.stderr)
+    stoi, itos = meta['stoi'], meta['itos']
     encode = lambda s: [stoi[c] for c in s]
     token_bytes = lambda i: itos.get(i, '\ufffd').encode()
-elif model.config.vocab_size < 50257:  # GPT-2 BPE would decode its tokens as the wrong text
-    raise SystemExit(f"error: the model has {model.config.vocab_size} tokens, fewer than GPT-2's 50257, so it "
-                     f"needs its dataset's meta.pkl, which is not at {meta_path or '(the checkpoint names no dataset)'}")
 else:
     import tiktoken
     try:
         enc = tiktoken.get_encoding('gpt2')
     except Exception as e:  # offline without a cache it fails with whatever the download raised
-        raise SystemExit(f"error: cannot load tiktoken's gpt2 encoding ({oneline(e)}); offline, point "
-                         f"TIKTOKEN_CACHE_DIR at a folder holding its cached files")
+        fail(f"cannot load tiktoken's gpt2 encoding ({oneline(e)}); offline, point TIKTOKEN_CACHE_DIR at a "
+             f"folder holding its cached files")
     encode = lambda s: enc.encode(s, allowed_special={'<|endoftext|>'})
     token_bytes = lambda i: enc.decode_single_token_bytes(i) if i < enc.n_vocab else '\ufffd'.encode()
 
@@ -144,16 +106,16 @@ if start.startswith('FILE:'):
         with open(start[5:], encoding='utf-8') as f:
             prompt = f.read()
     except (OSError, UnicodeDecodeError) as e:
-        raise SystemExit(f"error: cannot read the prompt file {start[5:]!r}: {oneline(e)}")
+        fail(f"cannot read the prompt file {start[5:]!r}: {oneline(e)}")
 else:
     prompt = unescape(start)
-if char_level and any(c not in stoi for c in prompt):
+if meta and any(c not in stoi for c in prompt):
     unknown = sorted(set(c for c in prompt if c not in stoi))
-    raise SystemExit(f"error: the prompt has characters that are not in the vocabulary of {meta_path}: "
-                     f"{' '.join(map(repr, unknown))}")
+    fail(f"the prompt has characters that are not in the vocabulary of {data_dir}/meta.pkl: "
+         f"{' '.join(map(repr, unknown))}")
 ids = encode(prompt)
 if not ids:
-    raise SystemExit("error: the prompt is empty; give --start=TEXT (for GPT-2, '<|endoftext|>' starts afresh)")
+    fail("the prompt is empty; give --start=TEXT (for GPT-2, '<|endoftext|>' starts afresh)")
 block_size = model.config.block_size
 if len(ids) > block_size:
     print(f"warning: the prompt is {len(ids)} tokens, longer than the context of {block_size}; "

@@ -1,20 +1,51 @@
-"""Shared helpers: tiny datasets written into tmp_path, and running the scripts as subprocesses."""
+"""Shared helpers: tiny datasets, one tiny training run shared by the whole session, and two ways to run
+the scripts: in this process (no 2 s of start-up; exit code, stdout and stderr come back) or as a
+subprocess (for what only a real process shows: signals, pipes, torchrun)."""
 import os
-import pickle
+import runpy
+import shutil
+import signal
+import struct
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+SHARED = REPO.parent / 'shared'
+
+# Every test that needs the GPT-2 BPE finds tiktoken's files the same way: through TIKTOKEN_CACHE_DIR,
+# which defaults to ../shared/tiktoken_cache when that exists. Without them, those tests skip.
+if 'TIKTOKEN_CACHE_DIR' not in os.environ and (SHARED / 'tiktoken_cache').is_dir():
+    os.environ['TIKTOKEN_CACHE_DIR'] = str(SHARED / 'tiktoken_cache')
+
+
+def _gpt2_bpe_loads():
+    if not os.environ.get('TIKTOKEN_CACHE_DIR'):
+        return False
+    try:
+        import tiktoken
+        tiktoken.get_encoding('gpt2')
+        return True
+    except Exception:
+        return False
+
+
+needs_gpt2_bpe = pytest.mark.skipif(not _gpt2_bpe_loads(), reason="GPT-2 BPE files not found: point "
+                                    "TIKTOKEN_CACHE_DIR at a folder holding tiktoken's gpt2 cache")
 
 # a tiny model that trains in seconds on a CPU; append --out_dir and --dataset
 TINY = ['--device=cpu', '--compile=False', '--dtype=float32', '--n_layer=2', '--n_head=2', '--n_embd=32',
         '--block_size=32', '--batch_size=4', '--max_iters=10', '--dropout=0.0', '--lr_decay_iters=10',
-        '--warmup_iters=2', '--gradient_accumulation_steps=1', '--eval_interval=5', '--eval_iters=2', '--log_interval=1', '--wandb_log=False']
+        '--warmup_iters=2', '--gradient_accumulation_steps=1', '--eval_interval=5', '--eval_iters=2',
+        '--log_interval=1', '--wandb_log=False']
+# the shared run: enough iterations at a high learning rate to show that the model learns
+TRAINED = ['--max_iters=60', '--lr_decay_iters=60', '--learning_rate=1e-2', '--eval_interval=20', '--eval_iters=5']
 
 TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
         "First Citizen:\nYou are all resolved rather to die than to famish?\n\n") * 40
@@ -22,6 +53,7 @@ TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\n
 
 def write_char_dataset(out_dir, text=TEXT):
     """train.bin / val.bin / meta.pkl for a character-level dataset, 90/10 split."""
+    import pickle
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     chars = sorted(set(text))
@@ -35,18 +67,90 @@ def write_char_dataset(out_dir, text=TEXT):
     return out_dir
 
 
+@pytest.fixture(scope='session')
+def tiny_data(tmp_path_factory):
+    """A tiny character-level dataset folder shared by the session (pass it as --dataset=<path>); tests
+    must not change it."""
+    return write_char_dataset(tmp_path_factory.mktemp('shared') / 'tiny_char')
+
+
 @pytest.fixture
 def char_dataset(tmp_path):
-    """Path of a tiny character-level dataset folder (pass it as --dataset=<path>)."""
+    """A tiny character-level dataset folder of this test's own."""
     return write_char_dataset(tmp_path / 'data' / 'tiny_char')
 
 
 def run(script, *args, cwd=None, env=None, check=True, timeout=300):
-    """Run REPO/script with args; returns the CompletedProcess. On an unexpected exit code the
-    assertion message carries the tail of stderr."""
+    """Run REPO/script with args in a subprocess; returns the CompletedProcess. On an unexpected exit
+    code the assertion message carries the tail of stderr."""
     full_env = dict(os.environ, PYTHONUNBUFFERED='1', WANDB_MODE='offline', **(env or {}))
     p = subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=cwd or REPO,
                        env=full_env, capture_output=True, text=True, timeout=timeout)
     if check:
         assert p.returncode == 0, f"{script} exited {p.returncode}\n{p.stdout[-2000:]}\n{p.stderr[-3000:]}"
     return p
+
+
+@pytest.fixture
+def script(monkeypatch, capsys):
+    """script(name, *args, check=True) runs REPO/name in this process as `python name args` would, and
+    returns SimpleNamespace(code, out, err). Anything but an exit (a traceback) fails the test."""
+    import torch
+
+    import runtime
+
+    def go(name, *args, check=True):
+        monkeypatch.setattr(sys, 'argv', [name, *map(str, args)])
+        handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # tiny models gain nothing from threads, which stall on a busy machine
+        code = 0
+        try:
+            runpy.run_path(str(REPO / name), run_name='__main__')
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        finally:
+            for s, h in handlers.items():
+                signal.signal(s, h)
+            runtime.stop_signal = None
+            torch.set_num_threads(threads)
+        out, err = capsys.readouterr()
+        if check:
+            assert code == 0, f"{name} exited {code}\n{out[-2000:]}\n{err[-3000:]}"
+        return SimpleNamespace(code=code, out=out, err=err)
+    return go
+
+
+def assert_one_line_error(p, text):
+    """A user's mistake: exit code 2 and a last stderr line 'error: ...' that holds text."""
+    code, err = (p.code, p.err) if hasattr(p, 'err') else (p.returncode, p.stderr)
+    assert code == 2, err
+    assert 'Traceback' not in err, err
+    assert text in err, err
+    assert err.strip().splitlines()[-1].startswith('error: '), err
+
+
+@pytest.fixture(scope='session')
+def trained(tiny_data, tmp_path_factory):
+    """One tiny training run shared by the session: SimpleNamespace(data, out, stdout). Tests that change
+    its out_dir work on a copy (trained_copy)."""
+    out = tmp_path_factory.mktemp('trained') / 'out'
+    p = run('train.py', *TINY, *TRAINED, f'--dataset={tiny_data}', f'--out_dir={out}', env={'OMP_NUM_THREADS': '1'})
+    return SimpleNamespace(data=tiny_data, out=out, stdout=p.stdout)
+
+
+@pytest.fixture
+def trained_copy(trained, tmp_path):
+    """A copy of the shared run's out_dir, for a test to resume, damage or overwrite."""
+    return Path(shutil.copytree(trained.out, tmp_path / 'out'))
+
+
+def overwrite_largest_tensor(path):
+    """Overwrite at random the bytes of the largest tensor in a torch.save file: a zip archive that stores
+    each tensor uncompressed, in a record of its own."""
+    data = path.read_bytes()
+    with zipfile.ZipFile(path) as z:
+        info = max(z.infolist(), key=lambda i: i.file_size)
+    name_len, extra_len = struct.unpack('<HH', data[info.header_offset + 26:info.header_offset + 30])
+    start = info.header_offset + 30 + name_len + extra_len  # after the record's local header
+    path.write_bytes(data[:start] + os.urandom(info.file_size) + data[start + info.file_size:])

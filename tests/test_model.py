@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from model import GPT, GPTConfig, KVCache, Linear, device_peak_flops, get_lr, resolve_device, sample_logits
+from model import GPT, GPTConfig, KVCache, sample_logits
 
 TINY = dict(n_layer=2, n_head=4, n_embd=64, block_size=32, vocab_size=65, dropout=0.0)
 
@@ -124,37 +124,11 @@ def test_configure_optimizers_decays_matrices_only(capsys):
     assert 'decayed tensors: 10' in capsys.readouterr().out
 
 
-def test_estimate_mfu_uses_the_device_peak():
+def test_estimate_mfu():
     model = tiny_model()
-    assert device_peak_flops('NVIDIA H100 80GB HBM3') == 989e12
-    assert device_peak_flops('NVIDIA H100 PCIe') == 756e12
-    assert device_peak_flops('NVIDIA H100 NVL') == 835e12  # regression: matched 'H100' (989)
-    assert device_peak_flops('NVIDIA A100-SXM4-40GB') == 312e12
-    assert device_peak_flops('Some Unknown GPU') is None
-    if not torch.cuda.is_available():
-        assert model.estimate_mfu(4, 0.1) is None  # no peak known for a CPU: no made-up number
+    assert model.estimate_mfu(4, 0.1, None) is None  # no peak known (a CPU): no made-up number
     flops_per_token = 6 * model.get_num_params() + 12 * 2 * 4 * 16 * 32
     assert model.estimate_mfu(4, 0.5, peak_flops=1e9) == pytest.approx(flops_per_token * 32 * 4 / 0.5 / 1e9)
-
-
-def test_lr_schedule():
-    lr = lambda it: get_lr(it, 1.0, 10, 110, 0.1)
-    assert lr(0) == pytest.approx(1 / 11)  # warmup starts above zero
-    assert lr(9) == pytest.approx(10 / 11)
-    assert lr(10) == pytest.approx(1.0)
-    assert lr(60) == pytest.approx(0.55)  # halfway through the cosine
-    assert lr(110) == lr(500) == 0.1
-    assert get_lr(5, 1.0, 10, 5, 0.1) == pytest.approx(6 / 11)  # decay ends before warmup: no crash
-    assert get_lr(20, 1.0, 10, 5, 0.1) == 0.1
-    assert get_lr(0, 1.0, 0, 10, 0.1) == 1.0
-
-
-def test_resolve_device_refuses_missing_cuda():
-    if torch.cuda.is_available():
-        pytest.skip('CUDA is available here')
-    with pytest.raises(ValueError, match='CUDA is not available'):
-        resolve_device('cuda')
-    assert resolve_device('auto') in ('cpu', 'mps')
 
 
 def test_top_k_and_top_p_keep_exactly_the_right_tokens():
@@ -234,14 +208,6 @@ def test_from_pretrained_overrides_and_errors(tmp_path):
         GPT.from_pretrained(str(tmp_path / 'nowhere'))
 
 
-def test_mfu_of_a_cpu_model_on_a_gpu_machine_is_not_against_the_gpu(monkeypatch):
-    """Regression: estimate_mfu looked up the CUDA device's peak whenever CUDA was available,
-    even for a model whose parameters are on the CPU."""
-    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
-    monkeypatch.setattr(torch.cuda, 'get_device_name', lambda *a: 'NVIDIA H100 80GB HBM3')
-    assert tiny_model().estimate_mfu(4, 0.1) is None
-
-
 def test_rejected_cached_call_leaves_the_cache_untouched():
     """Regression: a cached forward of T > 1 tokens on a non-empty cache raised only after it had
     written its keys and values into the cache."""
@@ -254,36 +220,13 @@ def test_rejected_cached_call_leaves_the_cache_untouched():
     assert cache.pos == 5 and torch.equal(cache.k, before[0]) and torch.equal(cache.v, before[1])
 
 
-@pytest.mark.parametrize('threads, out_features, split', [(2, 96, True), (3, 96, True), (2, 65, False), (1, 96, False)])
-@pytest.mark.parametrize('bias', [True, False])
-def test_linear_splits_one_row_over_threads(monkeypatch, threads, out_features, split, bias):
-    """A one-row input is computed as a batched matmul, one chunk of rows per thread, when the rows
-    divide evenly; the numbers are nn.Linear's either way, and inputs of several rows are untouched."""
-    torch.manual_seed(0)
-    layer = Linear(48, out_features, bias=bias)
-    batched = []
-    for name in ('bmm', 'baddbmm'):
-        original = getattr(torch, name)
-        monkeypatch.setattr(torch, name, lambda *a, f=original: batched.append(a[-2].shape) or f(*a))
-    saved = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        for shape in ((1, 1, 48), (48,), (1, 48), (3, 1, 48)):
-            x = torch.randn(shape)
-            assert torch.allclose(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias), atol=1e-6)
-    finally:
-        torch.set_num_threads(saved)
-    assert batched == ([(threads, out_features // threads, 48)] * 3 if split else [])
-
-
 def test_model_compiles_as_one_graph():
-    """Regression: Linear asked torch.get_num_threads() while being compiled, which dynamo cannot
-    trace, so torch.compile broke the graph at every layer (fullgraph=True raised)."""
+    """The training forward and a one-row decoding step each compile without a graph break."""
     model = tiny_model()
     compiled = torch.compile(model, backend='eager', fullgraph=True)
     x, y = torch.randint(0, 65, (2, 32)), torch.randint(0, 65, (2, 32))
     assert torch.allclose(compiled(x, y)[1], model(x, y)[1])
-    assert torch.allclose(compiled(x[:1, :1])[0], model(x[:1, :1])[0], atol=1e-6)  # the one-row case too
+    assert torch.allclose(compiled(x[:1, :1])[0], model(x[:1, :1])[0], atol=1e-6)  # one row, as in decoding
 
 
 def test_generated_tokens_can_be_trained_on():
@@ -295,22 +238,6 @@ def test_generated_tokens_can_be_trained_on():
     _, loss = model.train()(out[:, :-1], out[:, 1:])
     loss.backward()
     assert model.lm_head.weight.grad is not None
-
-
-@pytest.mark.filterwarnings('ignore:`torch.jit.trace')  # deprecated in torch 2.13, still shipped
-def test_linear_split_is_not_traced_in():
-    """Regression: torch.jit.trace with a one-row example recorded the split, so the traced module then
-    failed on a batch of 3 rows."""
-    torch.manual_seed(0)
-    layer = Linear(32, 96)
-    saved = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        traced = torch.jit.trace(layer, torch.randn(1, 1, 32))
-        x = torch.randn(3, 1, 32)
-        assert torch.allclose(traced(x), layer(x), atol=1e-6)
-    finally:
-        torch.set_num_threads(saved)
 
 
 def test_tiny_temperature_is_near_greedy_not_nan():

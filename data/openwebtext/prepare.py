@@ -19,16 +19,15 @@ import numpy as np
 import tiktoken
 from tqdm import tqdm
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
+from configurator import configure, fail, make_dir, oneline  # noqa: E402
+from data.shakespeare.prepare import gpt2_encoding  # noqa: E402
+
 FORMATS = {'.txt': 'text', '.parquet': 'parquet', '.json': 'json', '.jsonl': 'json'}  # suffix -> datasets builder
 
 
-def fail(message):
-    raise SystemExit(f"error: {message}")
-
-
 def first_line(e):
-    e = e.__cause__ or e  # datasets wraps parse errors in a DatasetGenerationError that hides the cause
-    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+    return oneline(e.__cause__ or e)  # datasets wraps parse errors in a DatasetGenerationError that hides the cause
 
 
 def read_source(input_path, num_proc):
@@ -134,30 +133,19 @@ def prepare(docs, out_dir: str, num_proc: int = 1) -> dict:
 
 
 if __name__ == '__main__':  # the guard is required: num_proc workers re-import this file on macOS/Windows
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
-    from configurator import configure
     for arg in sys.argv[1:]:
         if not arg.startswith('-'):
             fail(f"unexpected argument {arg!r}; did you mean --input={arg}?")
     cfg = {'input': '',     # a local collection of documents instead of the hub dataset
            'out_dir': os.path.dirname(os.path.abspath(__file__)),
-           'num_proc': max(1, (os.cpu_count() or 2) // 2)}  # tokenizer processes
+           'num_proc': max(1, (os.cpu_count() or 2) // 2),  # tokenizer processes
+           '_positive': ('num_proc',)}
     configure(cfg)
-    if cfg['num_proc'] < 1:
-        fail(f"--num_proc={cfg['num_proc']}: must be at least 1")
-    if os.path.exists(cfg['out_dir']) and not os.path.isdir(cfg['out_dir']):  # before hours of work
-        fail(f"out_dir {cfg['out_dir']!r} is a file, not a folder; choose another with --out_dir=")
-    try:
-        enc = tiktoken.get_encoding('gpt2')  # fail here, before any work, if tiktoken has no files
-    except Exception as e:
-        fail(f"could not load tiktoken's gpt2 encoding ({first_line(e)}); offline, set TIKTOKEN_CACHE_DIR "
-             f"to a folder holding its files")
+    make_dir(cfg['out_dir'], create=False)  # a file in the way is found before hours of work
+    enc = gpt2_encoding()  # without tiktoken's files, fail here, before any work
     assert enc.max_token_value < 2**16, "GPT-2 ids must fit in uint16"
     docs = load_documents(cfg['input'], cfg['num_proc'])
-    try:  # only now: a failed load leaves no empty folder behind
-        os.makedirs(cfg['out_dir'], exist_ok=True)
-    except OSError as e:
-        fail(f"cannot create out_dir {cfg['out_dir']!r} ({e.strerror}); choose another with --out_dir=")
+    make_dir(cfg['out_dir'])  # only now: a failed load leaves no empty folder behind
     print(f"documents: train {len(docs['train']):,}, val {len(docs['val']):,}")
     try:
         counts = prepare(docs, cfg['out_dir'], cfg['num_proc'])

@@ -16,6 +16,7 @@ import tiktoken
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
 # the same text, fetched and cached the same way as for the character-level dataset
+from configurator import fail, oneline  # noqa: E402
 from data.shakespeare_char.prepare import main, write_atomic  # noqa: E402
 
 
@@ -23,8 +24,8 @@ def gpt2_encoding():
     try:
         return tiktoken.get_encoding('gpt2')
     except Exception as e:  # tiktoken downloads its files on first use; offline that fails in several ways
-        raise SystemExit(f"error: could not load tiktoken's gpt2 encoding ({type(e).__name__}: {e}); offline, "
-                         f"set TIKTOKEN_CACHE_DIR to a folder holding its files") from None
+        fail(f"could not load tiktoken's gpt2 encoding ({oneline(e)}); offline, set TIKTOKEN_CACHE_DIR to a "
+             f"folder holding its files")
 
 
 def prepare(text: str, out_dir: str) -> dict:

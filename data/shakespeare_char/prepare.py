@@ -17,6 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
+from configurator import configure, fail, make_dir  # noqa: E402
+
 URL = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
 
 
@@ -36,7 +39,7 @@ def load_text(input_path, out_dir, url=URL):
     cached = os.path.join(out_dir, 'input.txt')
     if input_path:
         if not os.path.isfile(input_path):
-            raise SystemExit(f"error: --input={input_path}: no such file")
+            fail(f"--input={input_path}: {'is a directory' if os.path.isdir(input_path) else 'no such file'}")
         data = Path(input_path).read_bytes()
     elif os.path.isfile(cached):
         data = Path(cached).read_bytes()
@@ -46,20 +49,15 @@ def load_text(input_path, out_dir, url=URL):
             with urllib.request.urlopen(url, timeout=60) as r:
                 data = r.read()
         except OSError as e:  # URLError, HTTPError and timeouts are all OSErrors
-            raise SystemExit(f"error: could not download {url}: {getattr(e, 'reason', e)}; "
-                             f"pass a local copy with --input=PATH") from None
+            fail(f"could not download {url}: {getattr(e, 'reason', e)}; pass a local copy with --input=PATH")
     source = input_path or cached
     try:
         text = data.decode('utf-8')
     except UnicodeDecodeError as e:
-        raise SystemExit(f"error: {source} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+        fail(f"{source} is not UTF-8 text ({e.reason} at byte {e.start})")
     if not text:
-        raise SystemExit(f"error: {source} is empty")
-    try:  # only now: a failed load leaves no empty folder behind
-        os.makedirs(out_dir, exist_ok=True)
-    except OSError as e:
-        raise SystemExit(f"error: cannot create out_dir {out_dir!r} ({e.strerror}); choose another "
-                         f"with --out_dir=") from None
+        fail(f"{source} is empty")
+    make_dir(out_dir)  # only now: a failed load leaves no empty folder behind
     if not (os.path.isfile(cached) and Path(cached).read_bytes() == data):
         write_atomic(cached, data)
     return text
@@ -86,16 +84,13 @@ def prepare(text: str, out_dir: str) -> dict:
 
 def text_from_command_line(default_out_dir):
     """Read --input and --out_dir from the command line and load the text; returns (text, out_dir)."""
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
-    from configurator import configure
     for arg in sys.argv[1:]:
         if not arg.startswith('-'):
-            raise SystemExit(f"error: unexpected argument {arg!r}; did you mean --input={arg}?")
+            fail(f"unexpected argument {arg!r}; did you mean --input={arg}?")
     cfg = {'input': '',  # a local text file to use instead of the download
            'out_dir': default_out_dir}
     configure(cfg)
-    if os.path.exists(cfg['out_dir']) and not os.path.isdir(cfg['out_dir']):
-        raise SystemExit(f"error: out_dir {cfg['out_dir']!r} is a file, not a folder; choose another with --out_dir=")
+    make_dir(cfg['out_dir'], create=False)  # a file in the way is found before any work
     text = load_text(cfg['input'], cfg['out_dir'])
     print(f"length of dataset in characters: {len(text):,}")
     return text, cfg['out_dir']
@@ -107,7 +102,7 @@ def main(prepare_fn, script_file):
     try:
         counts = prepare_fn(text, out_dir)
     except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
+        fail(e)
     if 'vocab_size' in counts:
         print(f"vocab size: {counts['vocab_size']:,}")
     print(f"train has {counts['train']:,} tokens")

@@ -1,0 +1,235 @@
+"""What the scripts set up around the model: the device and precision, DDP, the dataset folder and its
+vocabulary, batches of token windows, and stopping cleanly on a signal. Mistakes go out through
+configurator.fail, as one line."""
+import atexit
+import os
+import pickle
+import signal
+import sys
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+import checkpoint
+from configurator import drop_stdout, fail, oneline
+
+REPO = os.path.dirname(os.path.abspath(__file__))
+GPT2_VOCAB = 50257
+
+# Dense bf16 peak of common accelerators, matched against torch.cuda.get_device_name().
+# The first match wins, so the more specific names come first.
+PEAK_FLOPS = [
+    ('H100 PCIe', 756e12), ('H100 NVL', 835e12), ('H100', 989e12), ('GH200', 989e12), ('H200', 989e12),
+    ('B200', 2250e12), ('A100', 312e12), ('A800', 312e12), ('L40S', 362e12), ('L40', 181e12),
+    ('L4', 121e12), ('A10G', 70e12), ('A10', 125e12), ('RTX 4090', 165e12), ('RTX 3090', 71e12),
+    ('V100', 125e12), ('T4', 65e12),
+]
+
+
+def device_peak_flops(device_name):
+    """Dense bf16 peak FLOP/s of a device named like torch.cuda.get_device_name(), None if unknown."""
+    return next((flops for key, flops in PEAK_FLOPS if key.lower() in device_name.lower()), None)
+
+
+def peak_flops(device, given=0.0):
+    """The peak FLOP/s that MFU is measured against: the given one, else the GPU's; None on a CPU."""
+    if given:
+        return given
+    return device_peak_flops(torch.cuda.get_device_name(device)) if device.startswith('cuda') else None
+
+
+# ----------------------------------------------------------------------------- device and precision
+def resolve_device(device='auto'):
+    """'auto' -> 'cuda' if available, else 'mps', else 'cpu'; an unavailable device fails."""
+    mps = hasattr(torch.backends, 'mps') and torch.backends.mps.is_available()
+    if device == 'auto':
+        return 'cuda' if torch.cuda.is_available() else 'mps' if mps else 'cpu'
+    kind = device.split(':')[0]
+    if kind not in ('cpu', 'cuda', 'mps'):
+        fail(f"device={device!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+    if kind == 'cuda' and not torch.cuda.is_available():
+        fail(f"device={device!r} but CUDA is not available here; use --device=cpu (or auto)")
+    if kind == 'mps' and not mps:
+        fail(f"device={device!r} but MPS is not available here; use --device=cpu (or auto)")
+    return device
+
+
+def resolve_dtype(device, dtype='auto'):
+    """'auto' -> bfloat16 on CUDA where supported, else float16; bfloat16 on MPS; float32 on CPU.
+    bfloat16 asked for on a GPU without it fails, rather than being swapped for float16."""
+    if dtype not in ('auto', 'float32', 'bfloat16', 'float16'):
+        fail(f"dtype={dtype!r}: use 'auto', 'float32', 'bfloat16' or 'float16'")
+    kind = device.split(':')[0]
+    # native bf16 from Ampere (compute capability 8) on; torch.cuda.is_bf16_supported() also counts the
+    # slow emulation of older GPUs (V100, T4), and it asks about the current GPU, not this one
+    bf16_ok = kind != 'cuda' or bool(torch.version.hip) or torch.cuda.get_device_capability(device)[0] >= 8
+    if dtype == 'auto':
+        return 'float32' if kind == 'cpu' else 'bfloat16' if bf16_ok else 'float16'
+    if dtype == 'bfloat16' and not bf16_ok:
+        fail(f"dtype=bfloat16 is not supported natively by {torch.cuda.get_device_name(device)}; use --dtype=float16")
+    return dtype
+
+
+def setup_device(device='auto', dtype='auto', local_rank=None):
+    """Resolve device and dtype -> (device, device_type, dtype, autocast context). Under torchrun
+    (local_rank given) a bare 'cuda' becomes this process's GPU, cuda:LOCAL_RANK."""
+    if local_rank is not None and device.startswith('cuda:'):
+        fail(f"--device={device}: under torchrun each process takes GPU LOCAL_RANK; use --device=cuda and "
+             f"choose the GPUs with CUDA_VISIBLE_DEVICES")
+    device = resolve_device(device)
+    if local_rank is not None and device == 'cuda':
+        device = f'cuda:{local_rank}'
+    dtype = resolve_dtype(device, dtype)
+    device_type = device.split(':')[0]
+    if device_type == 'cuda' and ':' in device:
+        # cuda:N becomes the current GPU, which defaults such as the CUDA random state refer to; a bare
+        # 'cuda' is the current GPU already (set_device needs an index)
+        torch.cuda.set_device(device)
+    torch.set_float32_matmul_precision('high')  # TF32 matmuls on Ampere+ GPUs
+    ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
+    ctx = nullcontext() if dtype == 'float32' else torch.autocast(device_type=device_type, dtype=ptdtype)
+    return device, device_type, dtype, ctx
+
+
+def grad_scaler(device_type, dtype):
+    """float16 trains with a GradScaler on every device (its small range underflows small gradients);
+    bfloat16 and float32 never need one."""
+    return torch.amp.GradScaler(device_type, enabled=dtype == 'float16')
+
+
+def use_compile(compile, device_type, verbose=True):
+    """torch.compile is used on CUDA only: elsewhere it compiles for a minute and gains little."""
+    if compile and device_type != 'cuda' and verbose:
+        print(f"compile=True ignored on {device_type}: torch.compile is used on CUDA only")
+    return compile and device_type == 'cuda'
+
+
+def init_distributed(backend, device_type):
+    """Join the torchrun job: 'nccl' on CUDA, 'gloo' otherwise, unless backend names one."""
+    dist.init_process_group(backend=backend or ('nccl' if device_type == 'cuda' else 'gloo'))
+    atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())  # also after errors
+
+
+# ----------------------------------------------------------------------------- data
+def dataset_dir(dataset, check=True):
+    """A folder holding train.bin and val.bin, as given, else data/<dataset>; an absolute path. check:
+    fail if neither exists."""
+    if os.path.isdir(dataset):
+        return os.path.abspath(dataset)
+    folder = os.path.join(REPO, 'data', dataset)
+    if check and os.sep in dataset:
+        fail(f"dataset={dataset!r} is not a folder; give a folder holding train.bin and val.bin, or a name in data/")
+    if check and not os.path.isdir(folder):
+        known = sorted(d for d in os.listdir(os.path.dirname(folder))
+                       if os.path.isdir(os.path.join(REPO, 'data', d)) and not d.startswith(('_', '.')))
+        fail(f"no dataset {dataset!r}: data/ has {', '.join(known)}; or give a folder holding train.bin and val.bin")
+    return folder
+
+
+def split_tokens(data_dir, split, block_size):
+    """The number of tokens in data_dir/split.bin, which must hold one window of block_size + 1."""
+    path = os.path.join(data_dir, f'{split}.bin')
+    if not os.path.isfile(path):
+        hint = (f"run  python {os.path.relpath(os.path.join(data_dir, 'prepare.py'))}"
+                if os.path.isfile(os.path.join(data_dir, 'prepare.py')) else "prepare it first")
+        fail(f"{path} not found: {hint}")
+    n = os.path.getsize(path) // 2  # uint16 tokens
+    if n < block_size + 1:
+        fail(f"{path} has {n} tokens, fewer than block_size + 1 = {block_size + 1}; lower --block_size or use "
+             f"more data")
+    return n
+
+
+def windows(data_dir, split, ix, block_size, device):
+    """Windows of block_size + 1 tokens of split.bin starting at ix -> inputs x, targets y (len(ix), block_size)."""
+    # a fresh memmap per batch: a long-lived one keeps every page it touched in memory
+    data = np.memmap(os.path.join(data_dir, f'{split}.bin'), dtype=np.uint16, mode='r')
+    xy = torch.from_numpy(np.stack([data[i:i + block_size + 1] for i in ix.tolist()]).astype(np.int64))
+    x, y = xy[:, :-1].contiguous(), xy[:, 1:].contiguous()
+    if device.startswith('cuda'):  # pinned memory lets the copy overlap with the GPU's work
+        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+    return x.to(device), y.to(device)
+
+
+def read_vocab(data_dir):
+    """A character-level dataset's vocabulary {'vocab_size', 'stoi', 'itos'} from its meta.pkl; None
+    when it has none, which means GPT-2 BPE tokens."""
+    path = os.path.join(data_dir, 'meta.pkl')
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, 'rb') as f:
+            meta = pickle.load(f)
+        meta = {k: meta[k] for k in ('vocab_size', 'stoi', 'itos')}
+    except Exception as e:  # truncated, not a pickle, or without the vocabulary
+        fail(f"cannot read a vocabulary from {path} ({oneline(e)}); rerun the dataset's prepare.py")
+    return meta
+
+
+def check_vocab(vocab_size, meta, data_dir):
+    """A model of vocab_size tokens must fit the dataset's vocabulary: its meta.pkl, else GPT-2 BPE."""
+    where = os.path.join(data_dir, 'meta.pkl') if data_dir else '(the checkpoint names no dataset)'
+    if meta is not None and meta['vocab_size'] != vocab_size:
+        fail(f"{where} has {meta['vocab_size']} tokens but the model has {vocab_size}: the model was not trained "
+             f"on this dataset; pick the one it was trained on")
+    if meta is None and vocab_size < GPT2_VOCAB:
+        fail(f"the model has {vocab_size} tokens, fewer than GPT-2's {GPT2_VOCAB}, so it needs its dataset's "
+             f"meta.pkl, which is not at {where}: was the dataset moved, or is it another one?")
+
+
+# ----------------------------------------------------------------------------- stopping
+stop_signal = None  # the signal that asked this process to stop after its current iteration, if any
+
+
+def _on_signal(signum, frame):
+    global stop_signal
+    if stop_signal is not None:
+        # a second Ctrl-C quits at once; anything else (torchrun's SIGTERM to its workers after a
+        # Ctrl-C, a repeated preemption notice) waits for the checkpoint being prepared
+        if signum == signal.SIGINT == stop_signal:
+            print("second interrupt: exiting now without a checkpoint", file=sys.stderr)
+            os._exit(128 + signum)
+        return
+    stop_signal = signum
+    if int(os.environ.get('RANK', '0')) == 0:
+        print(f"{signal.Signals(signum).name}: finishing this step, then saving a checkpoint "
+              f"(interrupt again to quit at once)", file=sys.stderr)
+
+
+def catch_stop_signals():
+    """Ctrl-C (SIGINT) and SIGTERM set stop_signal instead of killing the process."""
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+
+
+def log(msg):
+    """print and flush on rank 0 (a piped log shows up at once); a reader that has quit (| grep -m1)
+    stops the run as a signal does, so the iterations since the last checkpoint are kept"""
+    global stop_signal
+    if int(os.environ.get('RANK', '0')) != 0:
+        return
+    try:
+        print(msg, flush=True)
+    except BrokenPipeError:
+        drop_stdout()
+        stop_signal = stop_signal or signal.SIGPIPE
+
+
+def finish(model, ddp, exit_code):
+    """End the run with exit_code; under DDP first check that every process holds the same parameters,
+    which DDP keeps identical by construction."""
+    if ddp:
+        digests = [None] * dist.get_world_size()
+        dist.all_gather_object(digests, checkpoint.digest(dict(model.named_parameters())))
+        if dist.get_rank() == 0:
+            print(f"parameters identical on all {len(digests)} processes" if len(set(digests)) == 1 else
+                  f"warning: parameters differ across processes: {digests}")
+        dist.destroy_process_group()
+        # gloo can still abort during interpreter teardown ('terminate called without an active exception',
+        # about 1 run in 10 on CPU here, after destroy_process_group); all is saved and flushed by now
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(exit_code)
+    sys.exit(exit_code)
