@@ -87,7 +87,10 @@ def setup_device(device='auto', dtype='auto', local_rank=None):
         # cuda:N becomes the current GPU, which defaults such as the CUDA random state refer to; a bare
         # 'cuda' is the current GPU already (set_device needs an index)
         torch.cuda.set_device(device)
-    torch.set_float32_matmul_precision('high')  # TF32 matmuls on Ampere+ GPUs
+    if device_type == 'cuda':
+        # TF32 matmuls on Ampere+ GPUs; on a CPU 'high' lets oneDNN compute float32 matmuls in bfloat16
+        # (AMX): not float32 any more, and 2x slower for our shapes on a Xeon that has it
+        torch.set_float32_matmul_precision('high')
     ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
     ctx = nullcontext() if dtype == 'float32' else torch.autocast(device_type=device_type, dtype=ptdtype)
     return device, device_type, dtype, ctx

@@ -54,6 +54,15 @@ def test_one_grad_scaler_rule():
     assert not runtime.grad_scaler('cpu', 'float32').is_enabled()
 
 
+def test_float32_on_a_cpu_is_float32():
+    """Regression: setup set torch.set_float32_matmul_precision('high') on every device. On a CPU with
+    AMX, oneDNN then computes float32 matmuls from bfloat16 parts: other numbers, and a training step of
+    the README's CPU recipe took 65 ms instead of 33."""
+    torch.set_float32_matmul_precision('highest')
+    assert runtime.setup_device('cpu', 'float32')[:3] == ('cpu', 'cpu', 'float32')
+    assert torch.get_float32_matmul_precision() == 'highest'
+
+
 def test_oneline():
     assert oneline(EOFError()) == 'EOFError'  # regression: an empty message broke the line's formatting
     assert oneline(ValueError('a\n  b')) == 'ValueError: a b'
