@@ -24,8 +24,7 @@ SHAPE = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias')  # settings a chec
 FOR_SAMPLING = ('model', 'model_args')
 FOR_RESUMING = FOR_SAMPLING + ('optimizer', 'iter_num', 'best_val_loss', 'config')
 # keys that older checkpoints (and nanoGPT's) lack: what stands in for them, and what is lost without them
-LATER = {'scaler': ({}, "no GradScaler state: it starts afresh"),
-         'rng': (None, "no random state: batches and dropout start from fresh seeds"),
+LATER = {'scaler': ({}, None), 'rng': (None, "no random state: batches and dropout start from fresh seeds"),
          'wandb_run_id': (None, None), 'evaluated': (True, None),
          'checksum': (None, "no checksum: its tensors cannot be verified")}
 
@@ -116,6 +115,13 @@ def for_resume(out_dir, given):
     return ckpt, path, notes
 
 
+def remove(out_dir, *names):
+    """Delete the named checkpoints in out_dir that exist."""
+    for name in names:
+        if os.path.exists(os.path.join(out_dir, name)):
+            os.remove(os.path.join(out_dir, name))
+
+
 def refuse_overwrite(out_dir):
     """A fresh start must not silently replace the checkpoints of an earlier run in out_dir."""
     there = [f for f in (CKPT, INTERRUPTED) if os.path.exists(os.path.join(out_dir, f))]
@@ -125,7 +131,8 @@ def refuse_overwrite(out_dir):
 
 
 def restore(ckpt, path, optimizer, scaler):
-    """Load the optimizer's and GradScaler's state; this run's AdamW settings (betas, weight decay) stay."""
+    """Load the optimizer's and GradScaler's state; this run's AdamW settings (betas, weight decay) stay.
+    Returns a note for the log when an enabled GradScaler finds no state to take up."""
     settings = [{k: g[k] for k in ('betas', 'weight_decay')} for g in optimizer.param_groups]
     try:
         optimizer.load_state_dict(ckpt['optimizer'])
@@ -135,6 +142,8 @@ def restore(ckpt, path, optimizer, scaler):
         fail(f"{path}: the optimizer state does not fit the model ({oneline(e)}); use another --out_dir")
     for group, mine in zip(optimizer.param_groups, settings):
         group.update(mine)
+    if scaler.is_enabled() and not ckpt['scaler']:  # saved by a run without float16, or an older one
+        return "no GradScaler state in the checkpoint: it starts afresh"
 
 
 def rng_states(batch_state, device):
@@ -149,15 +158,16 @@ def rng_states(batch_state, device):
     return states
 
 
-def restore_rng(states, batch_gen, device):
-    """Every process takes up its own random streams, or (another number of processes) none does: a
-    partial restore would be neither exact nor fresh. Returns what happened, for the log."""
+def restore_rng(states, batch_gen, device, fresh_seed):
+    """Every process takes up its own random streams, or (another number of processes) none does and all
+    start from fresh_seed: a partial restore would be neither exact nor fresh. Returns a note for the log."""
     rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    if states is None:  # an older checkpoint: load() has noted it
-        return None
-    if len(states) != world_size:
-        return (f"random state not restored: saved by {len(states)} process(es), this run has {world_size}, "
-                f"so batches and dropout start from fresh seeds")
+    if states is None or len(states) != world_size:  # fresh: not the first batches of the run again
+        batch_gen.manual_seed(fresh_seed)
+        torch.manual_seed(fresh_seed)
+        return None if states is None else (  # an older checkpoint without one: load() has noted it
+            f"random state not restored: saved by {len(states)} process(es), this run has {world_size}, so "
+            f"batches and dropout start from fresh seeds")
     batch_gen.set_state(states[rank]['batch'])
     torch.set_rng_state(states[rank]['torch'])
     if device.startswith('cuda') and states[rank]['cuda'] is not None:

@@ -51,6 +51,9 @@ def resolve_device(device='auto'):
         fail(f"device={device!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
     if kind == 'cuda' and not torch.cuda.is_available():
         fail(f"device={device!r} but CUDA is not available here; use --device=cpu (or auto)")
+    n = torch.cuda.device_count() if kind == 'cuda' else 0
+    if kind == 'cuda' and ':' in device and not (device[5:].isdigit() and int(device[5:]) < n):
+        fail(f"device={device!r}: this machine has {n} GPU(s), cuda:0 to cuda:{n - 1}")
     if kind == 'mps' and not mps:
         fail(f"device={device!r} but MPS is not available here; use --device=cpu (or auto)")
     return device
@@ -104,13 +107,16 @@ def grad_scaler(device_type, dtype):
 
 def use_compile(compile, device_type, verbose=True):
     """torch.compile is used on CUDA only: elsewhere it compiles for a minute and gains little."""
-    if compile and device_type != 'cuda' and verbose:
-        print(f"compile=True ignored on {device_type}: torch.compile is used on CUDA only")
+    if compile and verbose:
+        print("compiling the model (takes a minute)..." if device_type == 'cuda' else
+              f"compile=True ignored on {device_type}: torch.compile is used on CUDA only")
     return compile and device_type == 'cuda'
 
 
 def init_distributed(backend, device_type):
     """Join the torchrun job: 'nccl' on CUDA, 'gloo' otherwise, unless backend names one."""
+    if backend not in ('', 'nccl', 'gloo', 'mpi'):
+        fail(f"backend={backend!r}: use 'nccl', 'gloo', 'mpi' or '' (nccl on CUDA, else gloo)")
     dist.init_process_group(backend=backend or ('nccl' if device_type == 'cuda' else 'gloo'))
     atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())  # also after errors
 

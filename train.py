@@ -8,8 +8,9 @@ $ torchrun --standalone --nproc_per_node=8 train.py
 DDP on 2 nodes of 8 GPUs each (add NCCL_IB_DISABLE=1 without InfiniBand):
 $ torchrun --nproc_per_node=8 --nnodes=2 --node_rank=0 --master_addr=10.0.0.1 --master_port=1234 train.py
 $ torchrun --nproc_per_node=8 --nnodes=2 --node_rank=1 --master_addr=10.0.0.1 --master_port=1234 train.py
-Ctrl-C or SIGTERM: the current step ends, a checkpoint is saved, exit code 130 (143 for SIGTERM); the
-same when the reader of a piped log quits (141). A mistake in the settings or files: one line, exit 2.
+Ctrl-C or SIGTERM: the current step (under torchrun: up to the next log step) or evaluation ends, a
+checkpoint is saved, exit code 130 (143 for SIGTERM); the same when the reader of a piped log quits
+(141). A mistake in the settings or files: one line, exit code 2.
 """
 import math
 import os
@@ -88,14 +89,12 @@ if gradient_accumulation_steps % world_size:  # checked by every process before 
          f"processes; make it a multiple of {world_size}")
 gradient_accumulation_steps //= world_size
 device, device_type, dtype, ctx = runtime.setup_device(device, dtype, local_rank if ddp else None)
-ckpt = None
+ckpt = ckpt_file = None
 if init_from == 'resume':  # the checkpoint fixes the model's shape
     ckpt, ckpt_file, notes = checkpoint.for_resume(out_dir, given)
     block_size = ckpt['model_args']['block_size']
 elif not (eval_only or overwrite):
     checkpoint.refuse_overwrite(out_dir)
-if master_process and not eval_only:  # eval_only writes nothing
-    make_dir(out_dir)
 if ddp:
     runtime.init_distributed(backend, device_type)
 torch.manual_seed(seed + rank)  # dropout masks differ across processes
@@ -150,6 +149,10 @@ config.update({k: getattr(model.config, k) for k in checkpoint.SHAPE})  # the we
 model.to(device)
 if master_process:
     print(f"vocab_size {model.config.vocab_size} " + (f"(from {data_dir}/meta.pkl)" if meta else "(GPT-2 BPE)"))
+    if not eval_only:  # eval_only writes nothing; every setting has been checked by now
+        make_dir(out_dir)
+        if overwrite and init_from != 'resume':
+            checkpoint.remove(out_dir, checkpoint.CKPT, checkpoint.INTERRUPTED)  # the earlier run's
 
 # optimizer, GradScaler, compile, DDP -------------------------------------------
 scaler = runtime.grad_scaler(device_type, dtype)
@@ -158,8 +161,8 @@ try:
 except ValueError as e:  # torch's checks, e.g. "Invalid beta parameter at index 0: 2.0"
     fail(f"{e}; check learning_rate, beta1, beta2 and weight_decay")
 if ckpt is not None:
-    checkpoint.restore(ckpt, ckpt_file, optimizer, scaler)
-    notes.append(checkpoint.restore_rng(ckpt['rng'], batch_gen, device))
+    notes.append(checkpoint.restore(ckpt, ckpt_file, optimizer, scaler))
+    notes.append(checkpoint.restore_rng(ckpt['rng'], batch_gen, device, seed + rank + 1009 * iter_num))
     changed = [f"{k} {v!r} -> {config[k]!r}" for k, v in ckpt['config'].items()
                if k in config and config[k] != v and k not in ('init_from', *checkpoint.SHAPE)]
     if master_process:
@@ -167,8 +170,6 @@ if ckpt is not None:
         print(''.join(f"note: {note}\n" for note in notes if note), end='')
 raw_model = model  # unwrapped and uncompiled: what checkpoints store
 if runtime.use_compile(compile, device_type, master_process):
-    if master_process:
-        print("compiling the model (takes a minute)...")
     model = torch.compile(model)
 eval_model = model  # evaluation never goes through the DDP wrapper (its forward may sync)
 if ddp:
@@ -211,28 +212,6 @@ def get_lr(it):
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (learning_rate - min_lr)
 
 
-saves = 0
-
-
-def save(name):
-    """Write the training state to out_dir/name. Every process takes part (its random state is gathered)."""
-    global saves
-    rng = checkpoint.rng_states(batch_state, device)
-    if not master_process:
-        return
-    path = os.path.join(out_dir, name)
-    checkpoint.save(path, {
-        'model': raw_model.state_dict(), 'optimizer': optimizer.state_dict(),
-        'model_args': dict(vars(raw_model.config)), 'iter_num': iter_num, 'best_val_loss': float(best_val_loss),
-        'config': config, 'scaler': scaler.state_dict(), 'rng': rng, 'wandb_run_id': wandb_run_id,
-        'evaluated': not stopping})  # a stop saves before its step's evaluation: the resumed run does it
-    saves += 1
-    if name == checkpoint.CKPT and os.path.exists(os.path.join(out_dir, checkpoint.INTERRUPTED)):
-        os.remove(os.path.join(out_dir, checkpoint.INTERRUPTED))  # older than this: resume reads ckpt.pt again
-    runtime.log(f"saved checkpoint to {path} (iter {iter_num})" + ("" if name == checkpoint.CKPT else
-                f"; {os.path.join(out_dir, checkpoint.CKPT)} keeps the best val loss ({best_val_loss:.4f})"))
-
-
 wandb_run_id = ckpt['wandb_run_id'] if ckpt else None
 if wandb_log and master_process:
     import wandb
@@ -240,6 +219,28 @@ if wandb_log and master_process:
                               resume='allow').id
 evaluated_iter = ckpt['iter_num'] if ckpt and ckpt['evaluated'] and not eval_only else None
 ckpt = None  # free the loaded tensors before training
+saves = 0
+
+
+def save(name, evaluated):
+    """Write the training state to out_dir/name. Every process takes part (its random state is gathered)."""
+    global saves
+    rng = checkpoint.rng_states(batch_state, device)
+    if not master_process:
+        return
+    path, best = os.path.join(out_dir, name), os.path.join(out_dir, checkpoint.CKPT)
+    checkpoint.save(path, {
+        'model': raw_model.state_dict(), 'optimizer': optimizer.state_dict(),
+        'model_args': dict(vars(raw_model.config)), 'iter_num': iter_num, 'best_val_loss': float(best_val_loss),
+        'config': config, 'scaler': scaler.state_dict(), 'rng': rng, 'wandb_run_id': wandb_run_id,
+        'evaluated': evaluated})  # False: a stop came before its step's evaluation, so the resumed run does it
+    saves += 1
+    if name == checkpoint.CKPT:
+        checkpoint.remove(out_dir, checkpoint.INTERRUPTED)  # older than this: resume reads ckpt.pt again
+    runtime.log(f"saved checkpoint to {path} (iter {iter_num})" + ("" if name == checkpoint.CKPT else
+                f"; {best} keeps the best val loss ({best_val_loss:.4f})" if os.path.exists(best) else
+                f"; no {checkpoint.CKPT} yet: the val loss has not improved on the first evaluation's"))
+
 
 # training loop ------------------------------------------------------------------
 runtime.catch_stop_signals()
@@ -247,13 +248,15 @@ start_iter, stopping, running_mfu, train_time, last_log_iter = iter_num, False, 
 batch_state = batch_gen.get_state()  # saved with a checkpoint, so resuming redraws the pending batch
 X, Y = get_batch('train', next_train_ix())
 while True:
-    last_step = eval_only or stopping or iter_num >= max_iters
+    last_step = eval_only or iter_num >= max_iters
+    # a resumed run does not repeat its checkpoint's evaluation; a stop skips it, to be quick
+    do_eval = (last_step or iter_num % eval_interval == 0) and iter_num != evaluated_iter and not stopping
     lr = get_lr(iter_num) if decay_lr else learning_rate
     for group in optimizer.param_groups:
         group['lr'] = lr
 
-    # evaluate and checkpoint; a resumed run does not repeat its checkpoint's evaluation
-    if not stopping and (last_step or iter_num % eval_interval == 0) and iter_num != evaluated_iter:
+    # evaluate and checkpoint
+    if do_eval:
         losses = estimate_loss()
         stopping = losses is None
         if losses:
@@ -264,10 +267,11 @@ while True:
                 wandb.log({'iter': iter_num, 'train/loss': losses['train'], 'val/loss': losses['val'],
                            'lr': lr, 'mfu': (running_mfu or 0.0) * 100})
             improved, best_val_loss = losses['val'] < best_val_loss, min(best_val_loss, losses['val'])
-            if not eval_only and iter_num > start_iter and (improved or always_save_checkpoint):
-                save(checkpoint.CKPT)
+            # at start_iter only a resumed checkpoint's postponed evaluation runs, and its weights may be the best
+            if not eval_only and (iter_num > start_iter or ckpt_file) and (improved or always_save_checkpoint):
+                save(checkpoint.CKPT, evaluated=True)
     if stopping and iter_num > start_iter:  # interrupted: keep the last completed step, not over the best
-        save(checkpoint.CKPT if always_save_checkpoint else checkpoint.INTERRUPTED)
+        save(checkpoint.CKPT if always_save_checkpoint else checkpoint.INTERRUPTED, evaluated=False)
     if last_step or stopping:
         break
 
@@ -291,18 +295,20 @@ while True:
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
     iter_num += 1
-    train_time += time.time() - t0
     # TRAINING SECTION END ---------------------------------------------------------
 
-    # timing and logging: the one host sync per log_interval, where all processes also agree on the
-    # mean loss and on stopping (a signal to any of them); one process alone checks its signal for free
-    if iter_num % log_interval:
-        stopping = not ddp and runtime.stop_signal is not None
+    # timing and logging: the loop's one host sync, every log_interval, where all processes agree on the
+    # mean loss and on stopping (a signal to any of them); one process alone also comes here on a signal
+    if iter_num % log_interval and (ddp or runtime.stop_signal is None):
+        train_time += time.time() - t0
         continue
-    status = torch.stack([loss_sum, torch.tensor(float(runtime.stop_signal is not None), device=device)])
+    stop_vote = torch.tensor(float(runtime.stop_signal is not None), device=device)
+    status = torch.stack([loss_sum, grad_norm.float(), stop_vote])
     if ddp:
         dist.all_reduce(status)
-    loss_value, stopping = status[0].item() / world_size, status[1].item() > 0
+    loss_value, norm, stop_votes = (v / world_size for v in status.tolist())  # waits for the device's work
+    train_time += time.time() - t0  # so the time covers what the device did, not only what was queued
+    stopping = stop_votes > 0
     if not math.isfinite(loss_value):
         fail(f"loss is {loss_value} at iter {iter_num}; stopping, the last checkpoint was left as it was")
     dt = train_time / (iter_num - last_log_iter)  # per iteration, without evaluation and checkpoints
@@ -312,22 +318,21 @@ while True:
         running_mfu = mfu if running_mfu is None else 0.9 * running_mfu + 0.1 * mfu
     runtime.log(f"iter {iter_num}: loss {loss_value:.4f}, time {dt * 1000:.2f}ms, mfu "
                 f"{f'{running_mfu * 100:.2f}%' if running_mfu is not None else 'n/a'}, tok/s "
-                f"{tokens_per_iter / dt:,.0f}, grad norm {grad_norm.item():.4f}, lr {lr:.3e}")
+                f"{tokens_per_iter / dt:,.0f}, grad norm {norm:.4f}, lr {lr:.3e}")
     if wandb_log and master_process:
-        wandb.log({'iter': iter_num, 'train/loss': loss_value, 'lr': lr, 'grad_norm': grad_norm.item()})
+        wandb.log({'iter': iter_num, 'train/loss': loss_value, 'lr': lr, 'grad_norm': norm})
     train_time, last_log_iter = 0.0, iter_num
 
 # teardown -----------------------------------------------------------------------
 if master_process and not (eval_only or stopping):
-    if os.path.exists(os.path.join(out_dir, checkpoint.INTERRUPTED)):  # the run has gone past it
-        os.remove(os.path.join(out_dir, checkpoint.INTERRUPTED))
+    checkpoint.remove(out_dir, checkpoint.INTERRUPTED)  # the run has gone past it
     if not saves and not always_save_checkpoint and iter_num > start_iter:
         print(f"warning: no checkpoint was written: the val loss never went below {best_val_loss:.4f}, "
               f"and always_save_checkpoint is False", file=sys.stderr)
 signum = (runtime.stop_signal or signal.SIGTERM) if stopping else None  # this process may not have been signalled
 if signum and master_process:
-    print(f"stopped by {signal.Signals(signum).name} at iter {iter_num}; continue with --init_from=resume",
-          file=sys.stderr)
+    print(f"stopped by {signal.Signals(signum).name} at iter {iter_num}; " + ("continue with --init_from=resume"
+          if saves or ckpt_file else "nothing was trained yet, so nothing was saved"), file=sys.stderr)
 if wandb_log and master_process:
     wandb.finish()
 runtime.finish(raw_model, ddp, 128 + signum if signum else 0)

@@ -86,6 +86,14 @@ def test_accumulation_not_divisible_by_world_size(char_dataset, tmp_path):
     assert not (tmp_path / 'out').exists()
 
 
+def test_an_unknown_backend_is_one_line(char_dataset, tmp_path):
+    """Regression: --backend=nosuch ended in an AssertionError traceback from every process."""
+    p = torchrun(f'--dataset={char_dataset}', f'--out_dir={tmp_path / "out"}', '--gradient_accumulation_steps=2',
+                 '--backend=nosuch')
+    assert p.returncode != 0 and 'AssertionError' not in p.stderr
+    assert p.stderr.count("error: backend='nosuch': use 'nccl', 'gloo', 'mpi' or ''") == 1, p.stderr[-3000:]
+
+
 def test_a_numbered_cuda_device_is_refused(char_dataset, tmp_path):
     """Regression: only a bare --device=cuda was mapped to cuda:LOCAL_RANK, so --device=cuda:0 put every
     process on the same GPU (NCCL: 'Duplicate GPU detected')."""

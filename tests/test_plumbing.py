@@ -35,6 +35,16 @@ def test_missing_cuda_is_one_line(capsys):
     assert runtime.resolve_device('auto') in ('cpu', 'mps')
 
 
+def test_a_gpu_that_is_not_there_is_one_line(monkeypatch):
+    """Regression: --device=cuda:9 on a machine with 2 GPUs ended in CUDA's 'invalid device ordinal'."""
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 2)
+    for device in ('cuda:9', 'cuda:x'):
+        with pytest.raises(SystemExit, match=rf"device='{device}': this machine has 2 GPU\(s\), cuda:0 to cuda:1"):
+            runtime.resolve_device(device)
+    assert runtime.resolve_device('cuda:1') == 'cuda:1'
+
+
 def test_bfloat16_without_support_is_refused(monkeypatch):
     """Also a regression: torch.cuda.is_bf16_supported() is True on a T4 (it counts emulation), so 'auto'
     picked a slow emulated bfloat16 there instead of float16 with a GradScaler."""
@@ -83,8 +93,7 @@ def test_save_and_load_check_the_tensors(tmp_path):
     assert ckpt['checksum'] == checkpoint.digest(ckpt) and ckpt['iter_num'] == 3
     # what older checkpoints lack is filled in, with a note where something is lost
     assert (ckpt['scaler'], ckpt['rng'], ckpt['wandb_run_id'], ckpt['evaluated']) == ({}, None, None, True)
-    assert notes == ['no GradScaler state: it starts afresh',
-                     'no random state: batches and dropout start from fresh seeds']
+    assert notes == ['no random state: batches and dropout start from fresh seeds']
     flipped = dict(ckpt)
     flipped['model'] = dict(ckpt['model'], **{'lm_head.weight': ckpt['model']['lm_head.weight'].clone()})
     flipped['model']['lm_head.weight'][3, 4] += 1e-6
