@@ -172,4 +172,4 @@ except KeyboardInterrupt:
     sys.exit(130)
 except BrokenPipeError:  # the reader left early (| head): stop quietly, and so must the final flush
     drop_stdout()
-    sys.exit(1)
+    sys.exit(141)  # as a process that SIGPIPE ended, and as train.py
