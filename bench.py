@@ -113,10 +113,11 @@ except ValueError as e:  # e.g. n_embd not divisible by n_head
     fail(e)
 n_params = model.get_num_params()
 # a busy CPU (load above its core count) slows a multi-threaded step many times over: record both
-load = os.getloadavg()[0] if hasattr(os, 'getloadavg') else None
+load = round(os.getloadavg()[0], 2) if hasattr(os, 'getloadavg') else None
 cpu_env = {k: os.environ[k] for k in ('OMP_NUM_THREADS', 'OMP_WAIT_POLICY', 'GLIBC_TUNABLES') if k in os.environ}
 print(f"device {device}, dtype {dtype}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
-      f"load {load} {cpu_env or ''}; {n_params / 1e6:.2f}M parameters, batch {batch_size} x {block_size}")
+      f"load {load}{f' {cpu_env}' if cpu_env else ''}; {n_params / 1e6:.2f}M parameters, "
+      f"batch {batch_size} x {block_size}")
 result = {'mode': mode, 'device': device, 'dtype': dtype, 'torch': torch.__version__,
           'threads': torch.get_num_threads(), 'load': load, 'cpu_env': cpu_env, 'n_params': n_params,
           'batch_size': batch_size, 'block_size': block_size, 'n_layer': n_layer, 'n_head': n_head,

@@ -115,7 +115,8 @@ def _parse(key, text, default, optional):
 def _apply_file(ns, arg, defaults, optional, script_dir, changed):
     path = arg if os.path.exists(arg) else os.path.join(script_dir, arg)
     if not os.path.isfile(path):
-        raise ConfigError(f"config file {arg!r} not found")
+        hint = f"; did you mean --{arg}?" if '=' in arg and not arg.endswith('.py') else ""
+        raise ConfigError(f"config file {arg!r} not found{hint}")
     origin = f"from {arg}"
     scope = dict(ns)
     try:

@@ -60,6 +60,8 @@ device, device_type, dtype, ctx = runtime.setup_device(device, dtype)
 data_dir = None  # the dataset the checkpoint was trained on, whose meta.pkl holds a character vocabulary
 if init_from == 'resume':
     ckpt_path = os.path.join(out_dir, checkpoint.CKPT)
+    if os.path.isdir(ckpt_path):
+        fail(f"{ckpt_path} is a folder, not a checkpoint file")
     if not os.path.isfile(ckpt_path):
         there = (f"{out_dir} does not exist" if not os.path.isdir(out_dir) else
                  f"{out_dir} holds: {', '.join(sorted(os.listdir(out_dir))[:8]) or 'nothing'}")

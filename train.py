@@ -163,6 +163,7 @@ except ValueError as e:  # torch's checks, e.g. "Invalid beta parameter at index
 if ckpt is not None:
     notes.append(checkpoint.restore(ckpt, ckpt_file, optimizer, scaler))
     notes.append(checkpoint.restore_rng(ckpt['rng'], batch_gen, device, seed + rank + 1009 * iter_num))
+    notes.append(f"max_iters={max_iters} is reached already: raise it to train on" if iter_num >= max_iters else None)
     changed = [f"{k} {v!r} -> {config[k]!r}" for k, v in ckpt['config'].items()
                if k in config and config[k] != v and k not in ('init_from', *checkpoint.SHAPE)]
     if master_process:
@@ -239,7 +240,7 @@ def save(name, evaluated):
         checkpoint.remove(out_dir, checkpoint.INTERRUPTED)  # older than this: resume reads ckpt.pt again
     runtime.log(f"saved checkpoint to {path} (iter {iter_num})" + ("" if name == checkpoint.CKPT else
                 f"; {best} keeps the best val loss ({best_val_loss:.4f})" if os.path.exists(best) else
-                f"; no {checkpoint.CKPT} yet: the val loss has not improved on the first evaluation's"))
+                f"; no {checkpoint.CKPT} yet: no evaluation since the first has improved the val loss"))
 
 
 # training loop ------------------------------------------------------------------

@@ -44,6 +44,7 @@ def test_value_parsing():
     (['--learing_rate=1e-3'], "unknown config key 'learing_rate' (from --learing_rate=1e-3); did you mean 'learning_rate'?"),
     (['--batch_size'], "--batch_size: expected --batch_size=VALUE"),
     (['nowhere.py'], "config file 'nowhere.py' not found"),
+    (['batch_size=3'], "config file 'batch_size=3' not found; did you mean --batch_size=3?"),  # dashes forgotten
 ])
 def test_mistakes_are_config_errors(argv, message):
     with pytest.raises(ConfigError) as e:

@@ -217,7 +217,9 @@ def test_rejected_cached_call_leaves_the_cache_untouched():
     before = (cache.k.clone(), cache.v.clone())
     with pytest.raises(NotImplementedError):
         model(torch.randint(0, 65, (1, 3)), kv_cache=cache)
-    assert cache.pos == 5 and torch.equal(cache.k, before[0]) and torch.equal(cache.v, before[1])
+    # bit for bit: the unfilled part of the cache is uninitialized memory, which may hold NaN patterns
+    bits = lambda t: t.view(torch.int32)
+    assert cache.pos == 5 and all(torch.equal(bits(a), bits(b)) for a, b in zip((cache.k, cache.v), before))
 
 
 def test_model_compiles_as_one_graph():

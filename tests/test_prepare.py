@@ -152,6 +152,8 @@ def test_openwebtext_other_local_formats(tmp_path, hf_cache):
         assert sorted([*loaded['train']['text'], *loaded['val']['text']]) == sorted(docs), name
         splits[name] = list(loaded['val']['text'])
     assert splits['docs.parquet'] == splits['jsonl'] == splits['saved']  # the fixed seed picks the same val
+    # a small collection takes a larger share for val (0.05% of 40 documents is one)
+    assert len(owt.load_documents(str(tmp_path / 'jsonl'), num_proc=1, val_fraction=0.25)['val']) == 10
 
     # a saved DatasetDict that has its own val split keeps it
     DatasetDict(train=ds.select(range(30)), val=ds.select(range(30, 40))).save_to_disk(str(tmp_path / 'dd'))

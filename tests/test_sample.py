@@ -228,6 +228,10 @@ def test_errors(char_ckpt, sample, tmp_path):
         with pytest.raises(SystemExit, match=message):
             sample(*flags)
 
+    (tmp_path / 'folder' / 'ckpt.pt').mkdir(parents=True)  # regression: 'no checkpoint (folder holds: ckpt.pt)'
+    with pytest.raises(SystemExit, match=r"folder/ckpt.pt is a folder, not a checkpoint file$"):
+        sample(f'--out_dir={tmp_path / "folder"}')
+
     ckpt = torch.load(out_dir / 'ckpt.pt', weights_only=True)
     ckpt['model'].pop('lm_head.weight')
     ckpt['model']['transformer.extra'] = torch.zeros(1)

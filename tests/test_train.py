@@ -550,3 +550,11 @@ def test_the_logged_time_covers_the_devices_work(tiny_data, tmp_path, train, mon
         monkeypatch.setattr(torch.Tensor, name, slow(getattr(torch.Tensor, name)))
     p = train(tiny_data, tmp_path / 'out', '--max_iters=2', '--log_interval=2', '--eval_interval=1000')
     assert float(re.search(r'^iter 2: .*time ([\d.]+)ms', p.out, re.M).group(1)) >= 150, p.out
+
+
+def test_resuming_a_finished_run_says_how_to_go_on(trained, trained_copy, train):
+    """Regression: resuming a run that had reached max_iters did nothing, exit code 0, without a word."""
+    before = (trained_copy / 'ckpt.pt').read_bytes()
+    p = train(trained.data, trained_copy, '--init_from=resume', *TRAINED)
+    assert 'note: max_iters=60 is reached already: raise it to train on' in p.out
+    assert (trained_copy / 'ckpt.pt').read_bytes() == before

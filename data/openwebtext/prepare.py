@@ -5,8 +5,8 @@
 
 --input takes a local collection instead of the hub: a folder of .txt files (one document per file),
 .parquet/.json/.jsonl files or a folder of them (documents in a 'text' column), or a folder written
-by Dataset.save_to_disk or DatasetDict.save_to_disk. 0.05% of the documents (at least one, seed 2357)
-become the val split; a saved DatasetDict that already has a 'val' split keeps it.
+by Dataset.save_to_disk or DatasetDict.save_to_disk. 0.05% of the documents (--val_fraction; at least
+one, seed 2357) become the val split; a saved DatasetDict that already has a 'val' split keeps it.
 
 Writes into --out_dir (default: this folder) train.bin and val.bin: every document encoded with
 encode_ordinary and followed by the end-of-text token (50256), back to back, as uint16. Tokenizing
@@ -62,7 +62,7 @@ def read_source(input_path, num_proc):
         fail(f"could not read {input_path} ({first_line(e)})")
 
 
-def load_documents(input_path, num_proc):
+def load_documents(input_path, num_proc, val_fraction=0.0005):
     """A DatasetDict with 'train' and 'val' splits of documents in a 'text' column."""
     from datasets import Dataset, DatasetDict
     source = input_path or 'openwebtext'
@@ -79,8 +79,8 @@ def load_documents(input_path, num_proc):
     elif len(ds['train']) < 2:
         fail(f"{source} has {len(ds['train'])} document(s); train and val need at least one each")
     else:
-        # nanoGPT's size and seed: the same documents land in val on every run and machine
-        docs = ds['train'].train_test_split(test_size=0.0005, seed=2357, shuffle=True)
+        # nanoGPT's size and seed by default: the same documents land in val on every run and machine
+        docs = ds['train'].train_test_split(test_size=val_fraction, seed=2357, shuffle=True)
         docs['val'] = docs.pop('test')
     for name, split in docs.items():
         if len(split) == 0:
@@ -139,12 +139,15 @@ if __name__ == '__main__':  # the guard is required: num_proc workers re-import 
     cfg = {'input': '',     # a local collection of documents instead of the hub dataset
            'out_dir': os.path.dirname(os.path.abspath(__file__)),
            'num_proc': max(1, (os.cpu_count() or 2) // 2),  # tokenizer processes
-           '_positive': ('num_proc',)}
+           'val_fraction': 0.0005,  # of the documents, for val (at least one); a small collection wants more
+           '_positive': ('num_proc', 'val_fraction')}
     configure(cfg)
     make_dir(cfg['out_dir'], create=False)  # a file in the way is found before hours of work
     enc = gpt2_encoding()  # without tiktoken's files, fail here, before any work
     assert enc.max_token_value < 2**16, "GPT-2 ids must fit in uint16"
-    docs = load_documents(cfg['input'], cfg['num_proc'])
+    if cfg['val_fraction'] >= 1:
+        fail(f"--val_fraction={cfg['val_fraction']}: must be below 1, so that train keeps documents")
+    docs = load_documents(cfg['input'], cfg['num_proc'], cfg['val_fraction'])
     make_dir(cfg['out_dir'])  # only now: a failed load leaves no empty folder behind
     print(f"documents: train {len(docs['train']):,}, val {len(docs['val']):,}")
     try:

@@ -39,7 +39,8 @@ def load_text(input_path, out_dir, url=URL):
     cached = os.path.join(out_dir, 'input.txt')
     if input_path:
         if not os.path.isfile(input_path):
-            fail(f"--input={input_path}: {'is a directory' if os.path.isdir(input_path) else 'no such file'}")
+            fail(f"--input={input_path}: " + ("is a directory; give one text file (a folder of documents: "
+                 "data/openwebtext/prepare.py --input=...)" if os.path.isdir(input_path) else "no such file"))
         data = Path(input_path).read_bytes()
     elif os.path.isfile(cached):
         data = Path(cached).read_bytes()
