@@ -40,7 +40,7 @@ block_size = 1024
 n_layer = 12
 n_head = 12
 n_embd = 768
-vocab_size = 50304 # with real_data, the dataset's meta.pkl vocab_size replaces it, as in train.py
+vocab_size = 50304 # with real_data, a character dataset's vocabulary (meta.json) decides it, as in train.py
 bias = False
 dropout = 0.0
 # optimizer (its cost depends on the parameter count, not on these values)
@@ -98,9 +98,9 @@ def peak_memory_mb():
 if real_data:
     data_dir = runtime.dataset_dir(dataset)
     n_tokens = runtime.split_tokens(data_dir, 'train', block_size)
-    meta = runtime.read_vocab(data_dir)
-    vocab_size = meta['vocab_size'] if meta else vocab_size
-    runtime.check_vocab(vocab_size, meta, data_dir)
+    vocab = runtime.read_vocab(data_dir)
+    vocab_size = len(vocab['chars']) if vocab and 'chars' in vocab else vocab_size
+    runtime.check_vocab(vocab_size, None, runtime.vocab_file(data_dir), vocab)
 else:
     xy = torch.randint(vocab_size, (batch_size, block_size + 1), device=device)
     X, Y = xy[:, :-1], xy[:, 1:]  # (B, T) each: the same batch every step

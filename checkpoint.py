@@ -3,6 +3,7 @@
 A checkpoint is a dict of tensors and plain Python (torch.load's weights_only=True reads it):
     model, optimizer  state dicts (the model unwrapped and uncompiled)
     model_args        GPTConfig's fields: GPTConfig(**model_args) rebuilds the model
+    tokenizer         {'chars': [...]} (token i is chars[i]) or {'encoding': 'gpt2'}: sampling needs nothing else
     iter_num, best_val_loss, config (every setting of the run)
     scaler, rng       the GradScaler's state; every process's random state, so a resumed run goes on exactly
     wandb_run_id, evaluated (False when a stop saved it before its step's evaluation)
@@ -24,7 +25,8 @@ SHAPE = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias')  # settings a chec
 FOR_SAMPLING = ('model', 'model_args')
 FOR_RESUMING = FOR_SAMPLING + ('optimizer', 'iter_num', 'best_val_loss', 'config')
 # keys that older checkpoints (and nanoGPT's) lack: what stands in for them, and what is lost without them
-LATER = {'scaler': ({}, None), 'rng': (None, "no random state: batches and dropout start from fresh seeds"),
+LATER = {'tokenizer': (None, None), 'scaler': ({}, None),
+         'rng': (None, "no random state: batches and dropout start from fresh seeds"),
          'wandb_run_id': (None, None), 'evaluated': (True, None),
          'checksum': (None, "no checksum: its tensors cannot be verified")}
 
@@ -60,6 +62,18 @@ def save(path, ckpt):
             os.remove(tmp)
         fail(f"cannot write {path} ({oneline(e)}); the previous checkpoint is unchanged. Free some disk "
              f"space or choose another --out_dir")
+
+
+def write(out_dir, name, ckpt):
+    """save() as out_dir/name -> a line for the log. Writing ckpt.pt makes an interrupted.pt stale."""
+    path, best = os.path.join(out_dir, name), os.path.join(out_dir, CKPT)
+    save(path, ckpt)
+    if name == CKPT:
+        remove(out_dir, INTERRUPTED)  # older than this: resume reads ckpt.pt again
+        return f"saved checkpoint to {path} (iter {ckpt['iter_num']})"
+    return (f"saved checkpoint to {path} (iter {ckpt['iter_num']}); " +
+            (f"{best} keeps the best val loss ({ckpt['best_val_loss']:.4f})" if os.path.exists(best) else
+             f"no {CKPT} yet: no evaluation since the first has improved the val loss"))
 
 
 def load(path, keys=FOR_RESUMING):

@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import time
+import tokenize
 import types
 
 KNOB_TYPES = (bool, int, float, str, type(None))
@@ -169,13 +170,34 @@ def apply_overrides(ns, argv):
     return changed
 
 
+def _comments(path):
+    """{setting: its trailing comment} from a script's `name = value  # comment` (or `'name': value,  #
+    comment`) lines: what --help shows beside each setting."""
+    comments, key = {}, {}
+    try:
+        with open(path, encoding='utf-8') as f:
+            tokens = list(tokenize.generate_tokens(f.readline))
+    except (OSError, SyntaxError, tokenize.TokenError):
+        return comments
+    for tok, nxt in zip(tokens, tokens[1:]):
+        if (tok.type == tokenize.NAME and tok.start[1] == 0 and nxt.string == '=') or \
+                (tok.type == tokenize.STRING and nxt.string == ':'):
+            key[tok.start[0]] = tok.string.strip('\'"')
+        elif tok.type == tokenize.COMMENT and tok.start[0] in key:
+            comments.setdefault(key[tok.start[0]], tok.string.lstrip('#').strip())
+    return comments
+
+
 def configure(ns, argv=None):
-    """apply_overrides on sys.argv[1:], printing what changed; --help lists the settings.
-    Returns (every setting's final value, the settings the user gave with their values)."""
+    """apply_overrides on sys.argv[1:], printing what changed; --help lists the settings with the comments
+    beside them. Returns (every setting's final value, the settings the user gave with their values)."""
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ('-h', '--help') for a in argv):
+        comments = _comments(ns.get('__file__', sys.argv[0]))
+        width = max((len(f"--{k}={v!r}") for k, v in knobs(ns).items()), default=0) + 2
         lines = [f"usage: python {os.path.basename(sys.argv[0])} [config_file.py ...] [--key=value ...]",
-                 "settings (default):"] + [f"  --{key}={value!r}" for key, value in knobs(ns).items()]
+                 "settings (default):"] + [f"  {f'--{k}={v!r}':<{width}}{comments.get(k, '')}".rstrip()
+                                           for k, v in knobs(ns).items()]
         try:
             print('\n'.join(lines), flush=True)
         except BrokenPipeError:  # --help | head: the reader has what it wanted

@@ -61,11 +61,10 @@ class KVCache:
             shape = (self.config.n_layer, B, nh, self.config.block_size, hs)
             self.k = torch.empty(shape, dtype=k.dtype, device=k.device)
             self.v = torch.empty_like(self.k)
-        end = self.pos + T
         keys, values = self.k[layer], self.v[layer]
         keys.narrow(2, self.pos, T).copy_(k)
         values.narrow(2, self.pos, T).copy_(v)
-        return keys.narrow(2, 0, end), values.narrow(2, 0, end)  # (B, nh, end, hs)
+        return keys.narrow(2, 0, self.pos + T), values.narrow(2, 0, self.pos + T)  # (B, nh, past + T, hs)
 
 
 class CausalSelfAttention(nn.Module):
@@ -234,8 +233,7 @@ class GPT(nn.Module):
     @classmethod
     def from_pretrained(cls, name_or_path, override_args=None):
         """GPT-2 weights: 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl', or a save_pretrained directory."""
-        override_args = override_args or {}
-        unknown = set(override_args) - {'dropout'}
+        unknown = set(override_args or {}) - {'dropout'}
         if unknown:
             raise ValueError(f"only dropout can be overridden for pretrained models, not {sorted(unknown)}")
         from transformers import GPT2LMHeadModel  # imported here: only this path needs transformers
@@ -248,8 +246,24 @@ class GPT(nn.Module):
         if hc.activation_function not in ('gelu_new', 'gelu_pytorch_tanh'):
             raise ValueError(f"{name_or_path}: activation {hc.activation_function!r} is not GPT-2's tanh GELU")
         config = GPTConfig(block_size=hc.n_positions, vocab_size=hc.vocab_size, n_layer=hc.n_layer,
-                           n_head=hc.n_head, n_embd=hc.n_embd, bias=True, **override_args)
+                           n_head=hc.n_head, n_embd=hc.n_embd, bias=True, **(override_args or {}))
         return cls.from_hf_state_dict(hf.state_dict(), config)
+
+    def to_hf(self, vocab_size=None, **hf_config):
+        """The inverse of from_pretrained: a transformers GPT2LMHeadModel with the same logits (for its
+        save_pretrained). vocab_size keeps the first rows of the vocabulary, e.g. GPT-2's 50257 of our padded
+        50304; the biases that bias=False leaves out are zeros there. hf_config: more GPT2Config fields."""
+        from transformers import GPT2Config, GPT2LMHeadModel
+        c, ours = self.config, self.state_dict()
+        hf = GPT2LMHeadModel(GPT2Config(
+            vocab_size=vocab_size or c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer,
+            n_head=c.n_head, activation_function='gelu_new', resid_pdrop=c.dropout, embd_pdrop=c.dropout,
+            attn_pdrop=c.dropout, **hf_config))
+        with torch.no_grad():
+            for k, p in hf.named_parameters():  # parameters, not buffers (which vary by version); lm_head is wte
+                src = ours[k].t() if k.endswith(self._TRANSPOSED) else ours.get(k)
+                p.copy_(src[:len(p)] if src is not None else torch.zeros_like(p))  # no bias: zeros
+        return hf
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, verbose=True):
         """AdamW where matrices and embeddings (ndim >= 2) are decayed; biases and LayerNorm gains are not,

@@ -2,9 +2,11 @@
 vocabulary, batches of token windows, and stopping cleanly on a signal. Mistakes go out through
 configurator.fail, as one line."""
 import atexit
+import json
 import os
 import pickle
 import signal
+import subprocess
 import sys
 from contextlib import nullcontext
 
@@ -113,6 +115,13 @@ def use_compile(compile, device_type, verbose=True):
     return compile and device_type == 'cuda'
 
 
+def ranks():
+    """(ddp, rank, local_rank, world_size): ddp is whether torchrun started this process."""
+    if 'RANK' not in os.environ:
+        return False, 0, 0, 1
+    return True, *(int(os.environ[k]) for k in ('RANK', 'LOCAL_RANK', 'WORLD_SIZE'))
+
+
 def init_distributed(backend, device_type):
     """Join the torchrun job: 'nccl' on CUDA, 'gloo' otherwise, unless backend names one."""
     if backend not in ('', 'nccl', 'gloo', 'mpi'):
@@ -122,11 +131,12 @@ def init_distributed(backend, device_type):
 
 
 # ----------------------------------------------------------------------------- data
-def dataset_dir(dataset, check=True):
+def dataset_dir(dataset, check=True, prepare=False, prepare_input=''):
     """A folder holding train.bin and val.bin, as given, else data/<dataset>; an absolute path. check:
-    fail if neither exists."""
+    fail if neither exists. prepare: run the folder's prepare.py (--input=prepare_input) if train.bin is not
+    there yet."""
     if os.path.isdir(dataset):
-        return os.path.abspath(dataset)
+        return prepare_dataset(os.path.abspath(dataset), prepare_input) if prepare else os.path.abspath(dataset)
     folder = os.path.join(REPO, 'data', dataset)
     if check and os.sep in dataset:
         fail(f"dataset={dataset!r} is not a folder; give a folder holding train.bin and val.bin, or a name in data/")
@@ -134,7 +144,7 @@ def dataset_dir(dataset, check=True):
         known = sorted(d for d in os.listdir(os.path.dirname(folder))
                        if os.path.isdir(os.path.join(REPO, 'data', d)) and not d.startswith(('_', '.')))
         fail(f"no dataset {dataset!r}: data/ has {', '.join(known)}; or give a folder holding train.bin and val.bin")
-    return folder
+    return prepare_dataset(folder, prepare_input) if prepare else folder
 
 
 def split_tokens(data_dir, split, block_size):
@@ -162,30 +172,136 @@ def windows(data_dir, split, ix, block_size, device):
     return x.to(device), y.to(device)
 
 
-def read_vocab(data_dir):
-    """A character-level dataset's vocabulary {'vocab_size', 'stoi', 'itos'} from its meta.pkl; None
-    when it has none, which means GPT-2 BPE tokens."""
-    path = os.path.join(data_dir, 'meta.pkl')
-    if not os.path.isfile(path):
-        return None
+# ----------------------------------------------------------------------------- vocabulary
+GPT2 = {'encoding': 'gpt2'}  # the tokenizer of GPT-2's weights and of the BPE datasets
+
+
+def read_vocab(folder):
+    """The vocabulary of a dataset folder (or of an export) as checkpoints store it: {'chars': [...]}
+    (token i is chars[i]) or {'encoding': 'gpt2'}, from its meta.json. A legacy meta.pkl is read only when
+    there is no meta.json, with a warning; None when it has neither (nanoGPT's BPE datasets)."""
+    path = os.path.join(folder, 'meta.json')
     try:
+        if os.path.isfile(path):
+            with open(path, encoding='utf-8') as f:
+                meta = json.load(f)
+            vocab = {'chars': meta['chars']} if 'chars' in meta else {'encoding': meta['encoding']}
+            chars = vocab.get('chars', [])
+            if not all(isinstance(c, str) and len(c) == 1 for c in chars) or len(set(chars)) < len(chars):
+                raise ValueError("'chars' must list distinct single characters")
+            return vocab
+        path = os.path.join(folder, 'meta.pkl')
+        if not os.path.isfile(path):
+            return None
+        if int(os.environ.get('RANK', '0')) == 0:
+            print(f"warning: {path} is a pickle, which runs any code it holds; rerun the dataset's prepare.py "
+                  f"to write meta.json instead", file=sys.stderr)
         with open(path, 'rb') as f:
             meta = pickle.load(f)
-        meta = {k: meta[k] for k in ('vocab_size', 'stoi', 'itos')}
-    except Exception as e:  # truncated, not a pickle, or without the vocabulary
+        return {'chars': [meta['itos'][i] for i in range(meta['vocab_size'])]}
+    except Exception as e:  # truncated, not JSON (or not a pickle), or without the vocabulary
         fail(f"cannot read a vocabulary from {path} ({oneline(e)}); rerun the dataset's prepare.py")
-    return meta
 
 
-def check_vocab(vocab_size, meta, data_dir):
-    """A model of vocab_size tokens must fit the dataset's vocabulary: its meta.pkl, else GPT-2 BPE."""
-    where = os.path.join(data_dir, 'meta.pkl') if data_dir else '(the checkpoint names no dataset)'
-    if meta is not None and meta['vocab_size'] != vocab_size:
-        fail(f"{where} has {meta['vocab_size']} tokens but the model has {vocab_size}: the model was not trained "
-             f"on this dataset; pick the one it was trained on")
-    if meta is None and vocab_size < GPT2_VOCAB:
-        fail(f"the model has {vocab_size} tokens, fewer than GPT-2's {GPT2_VOCAB}, so it needs its dataset's "
-             f"meta.pkl, which is not at {where}: was the dataset moved, or is it another one?")
+def vocab_file(folder):
+    """The file read_vocab reads in folder: meta.json, else a legacy meta.pkl; meta.json if neither is there."""
+    legacy = os.path.join(folder, 'meta.pkl')
+    return legacy if os.path.isfile(legacy) and not os.path.isfile(os.path.join(folder, 'meta.json')) else \
+        os.path.join(folder, 'meta.json')
+
+
+def checkpoint_vocab(ckpt, path):
+    """A checkpoint's vocabulary -> (vocab, where it is): its own, else (a checkpoint written before they
+    held one) its dataset's, if that is still there."""
+    if ckpt['tokenizer'] is not None:
+        return ckpt['tokenizer'], path
+    dataset = ckpt['config'].get('dataset') if isinstance(ckpt.get('config'), dict) else None
+    if not (isinstance(dataset, str) and dataset):
+        return None, '(the checkpoint names no dataset)'
+    data_dir = dataset_dir(dataset, check=False)
+    return read_vocab(data_dir), vocab_file(data_dir)
+
+
+def _describe(vocab):
+    return f"{len(vocab['chars'])} characters" if 'chars' in vocab else f"the {vocab['encoding']} BPE"
+
+
+def check_vocab(vocab_size, vocab, where, data_vocab=None):
+    """The vocabulary a model of vocab_size tokens reads and writes: vocab (its checkpoint's or export's),
+    else data_vocab (its dataset's), else GPT-2 BPE. Fails in one line if they do not fit: sizes, or (with
+    both) a model and a dataset of different vocabularies. where names the vocabulary file."""
+    if vocab and data_vocab and vocab != data_vocab:
+        extra = sorted(set(data_vocab.get('chars', [])) - set(vocab.get('chars', []))) if 'chars' in vocab else []
+        fail(f"the model's vocabulary ({_describe(vocab)}) is not the dataset's ({_describe(data_vocab)} in {where}"
+             + (f", with {' '.join(map(repr, extra[:10]))} that the model lacks" if extra else "")
+             + "): pick the dataset the model was trained on, or train a new model on this one")
+    vocab = vocab or data_vocab
+    n = len(vocab['chars']) if vocab and 'chars' in vocab else GPT2_VOCAB
+    if vocab and 'chars' in vocab and n != vocab_size:
+        fail(f"{where} has {n} tokens but the model has {vocab_size}: the model was not trained on this "
+             f"dataset; pick the one it was trained on")
+    if not (vocab and 'chars' in vocab) and vocab_size < n:
+        fail(f"the model has {vocab_size} tokens, fewer than GPT-2's {n}, so it needs its dataset's meta.json, "
+             f"which is not at {where}: was the dataset moved, or is it another one?")
+    return vocab or GPT2
+
+
+class Tokenizer:
+    """Text to token ids and back, for a vocabulary as check_vocab returns it."""
+
+    def __init__(self, vocab):
+        self.vocab = vocab
+        if 'chars' in vocab:
+            self.chars, self.stoi = vocab['chars'], {c: i for i, c in enumerate(vocab['chars'])}
+            return
+        import tiktoken
+        try:
+            self.enc = tiktoken.get_encoding(vocab['encoding'])
+        except Exception as e:  # offline without a cache it fails with whatever the download raised
+            fail(f"cannot load tiktoken's {vocab['encoding']} encoding ({oneline(e)}); offline, point "
+                 f"TIKTOKEN_CACHE_DIR at a folder holding its cached files")
+
+    def encode(self, text, what='the prompt'):
+        if 'chars' not in self.vocab:
+            return self.enc.encode(text, allowed_special={'<|endoftext|>'})
+        unknown = sorted(set(text) - set(self.stoi))
+        if unknown:
+            fail(f"{what} has characters that are not in the model's vocabulary: {' '.join(map(repr, unknown))}")
+        return [self.stoi[c] for c in text]
+
+    def token_bytes(self, i):
+        """A token's bytes (a BPE token may be part of a character); a padding id gives U+FFFD."""
+        if 'chars' in self.vocab:
+            return self.chars[i].encode() if i < len(self.chars) else '\ufffd'.encode()
+        return self.enc.decode_single_token_bytes(i) if i < self.enc.n_vocab else '\ufffd'.encode()
+
+    def decode(self, ids):
+        return b''.join(map(self.token_bytes, ids)).decode('utf-8', errors='replace')
+
+
+@torch.no_grad()
+def sample_text(model, vocab, n, ctx):
+    """n tokens from the model after a newline (BPE: after <|endoftext|>), leaving the random state of
+    training as it was: a run with samples trains exactly as one without."""
+    tokenizer = Tokenizer(vocab)
+    start = tokenizer.stoi.get('\n', 0) if 'chars' in tokenizer.vocab else tokenizer.enc.eot_token
+    device = model.lm_head.weight.device
+    with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []), ctx:
+        model.eval()
+        out = model.generate(torch.tensor([[start]], device=device), n, temperature=0.8, top_k=200)
+        model.train()
+    return tokenizer.decode(out[0, 1:].tolist())
+
+
+def prepare_dataset(data_dir, input_path):
+    """Run data_dir/prepare.py (with --input=input_path if given) when its train.bin is missing -> data_dir."""
+    script = os.path.join(data_dir, 'prepare.py')
+    if os.path.isfile(os.path.join(data_dir, 'train.bin')) or not os.path.isfile(script):
+        return data_dir
+    print(f"{data_dir}/train.bin is missing: running {os.path.relpath(script)} first", flush=True)
+    if subprocess.run([sys.executable, script] + ([f'--input={input_path}'] if input_path else [])).returncode:
+        fail(f"{os.path.relpath(script)} failed (its error is above); fix that and rerun")
+    return data_dir
 
 
 # ----------------------------------------------------------------------------- stopping

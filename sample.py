@@ -24,7 +24,7 @@ from configurator import configure, drop_stdout, fail, oneline
 from model import GPT
 
 # -----------------------------------------------------------------------------
-init_from = 'resume'  # 'resume' (out_dir/ckpt.pt), a GPT-2 name ('gpt2' ... 'gpt2-xl') or a save_pretrained dir
+init_from = 'resume'  # 'resume' (out_dir/ckpt.pt), a .pt file, a GPT-2 name ('gpt2' ... 'gpt2-xl') or a HF folder
 out_dir = 'out'       # where train.py wrote ckpt.pt
 start = "\n"          # the prompt, or "FILE:path" to read it from a file; GPT-2 also takes '<|endoftext|>'
 num_samples = 10
@@ -57,50 +57,33 @@ stop = unescape(stop)
 device, device_type, dtype, ctx = runtime.setup_device(device, dtype)
 
 # ----------------------------------------------------------------------------- model
-data_dir = None  # the dataset the checkpoint was trained on, whose meta.pkl holds a character vocabulary
-if init_from == 'resume':
-    ckpt_path = os.path.join(out_dir, checkpoint.CKPT)
+if init_from == 'resume' or init_from.endswith('.pt'):  # out_dir/ckpt.pt, or a checkpoint file (export.py)
+    ckpt_path = os.path.join(out_dir, checkpoint.CKPT) if init_from == 'resume' else init_from
     if os.path.isdir(ckpt_path):
         fail(f"{ckpt_path} is a folder, not a checkpoint file")
     if not os.path.isfile(ckpt_path):
-        there = (f"{out_dir} does not exist" if not os.path.isdir(out_dir) else
-                 f"{out_dir} holds: {', '.join(sorted(os.listdir(out_dir))[:8]) or 'nothing'}")
+        folder = os.path.dirname(ckpt_path) or '.'
+        there = (f"{folder} does not exist" if not os.path.isdir(folder) else
+                 f"{folder} holds: {', '.join(sorted(os.listdir(folder))[:8]) or 'nothing'}")
         fail(f"no checkpoint {ckpt_path} ({there}); train one first, e.g. python train.py "
              f"config/train_shakespeare_char.py --out_dir={out_dir}")
     ckpt, _ = checkpoint.load(ckpt_path, checkpoint.FOR_SAMPLING)
     model = checkpoint.build_model(ckpt, ckpt_path, dropout=0.0)
-    dataset = ckpt['config'].get('dataset') if isinstance(ckpt.get('config'), dict) else None
-    if isinstance(dataset, str) and dataset:
-        data_dir = runtime.dataset_dir(dataset, check=False)
+    vocab, where = runtime.checkpoint_vocab(ckpt, ckpt_path)
 else:
     if not init_from.startswith('gpt2') and not os.path.isdir(init_from):
-        fail(f"init_from={init_from!r} is not 'resume', a gpt2* name or an existing directory")
+        fail(f"init_from={init_from!r} is not 'resume', a .pt file, a gpt2* name or an existing directory")
     try:
         model = GPT.from_pretrained(init_from, dict(dropout=0.0))
     except ValueError as e:
         fail(e)
+    vocab = runtime.read_vocab(init_from) if os.path.isdir(init_from) else None  # an export holds its own
+    where = os.path.join(init_from, 'meta.json')
 model.eval()
 model.to(device)
 if compile:
     model.compile()  # in place: torch.compile(model) would wrap it, and generate would call the unwrapped model
-
-# ----------------------------------------------------------------------------- tokenizer
-meta = runtime.read_vocab(data_dir) if data_dir else None
-runtime.check_vocab(model.config.vocab_size, meta, data_dir)
-if meta:
-    print(f"Loading meta from {data_dir}/meta.pkl", file=sys.stderr)
-    stoi, itos = meta['stoi'], meta['itos']
-    encode = lambda s: [stoi[c] for c in s]
-    token_bytes = lambda i: itos.get(i, '\ufffd').encode()
-else:
-    import tiktoken
-    try:
-        enc = tiktoken.get_encoding('gpt2')
-    except Exception as e:  # offline without a cache it fails with whatever the download raised
-        fail(f"cannot load tiktoken's gpt2 encoding ({oneline(e)}); offline, point TIKTOKEN_CACHE_DIR at a "
-             f"folder holding its cached files")
-    encode = lambda s: enc.encode(s, allowed_special={'<|endoftext|>'})
-    token_bytes = lambda i: enc.decode_single_token_bytes(i) if i < enc.n_vocab else '\ufffd'.encode()
+tokenizer = runtime.Tokenizer(runtime.check_vocab(model.config.vocab_size, vocab, where))
 
 # ----------------------------------------------------------------------------- prompt
 if start.startswith('FILE:'):
@@ -111,11 +94,7 @@ if start.startswith('FILE:'):
         fail(f"cannot read the prompt file {start[5:]!r}: {oneline(e)}")
 else:
     prompt = unescape(start)
-if meta and any(c not in stoi for c in prompt):
-    unknown = sorted(set(c for c in prompt if c not in stoi))
-    fail(f"the prompt has characters that are not in the vocabulary of {data_dir}/meta.pkl: "
-         f"{' '.join(map(repr, unknown))}")
-ids = encode(prompt)
+ids = tokenizer.encode(prompt)
 if not ids:
     fail("the prompt is empty; give --start=TEXT (for GPT-2, '<|endoftext|>' starts afresh)")
 block_size = model.config.block_size
@@ -142,7 +121,7 @@ def draw(n):
     # each sample's tokens go through one incremental UTF-8 decoder, so a character split across BPE
     # tokens is printed once it is whole, and the printed text is exactly the decoded sample
     utf8 = [codecs.getincrementaldecoder('utf-8')(errors='replace') for _ in range(n)]
-    head = [d.decode(b''.join(token_bytes(i) for i in ids)) for d in utf8]  # the prompt
+    head = [d.decode(b''.join(map(tokenizer.token_bytes, ids))) for d in utf8]  # the prompt
     gen = [''] * n     # text generated so far
     ends = [None] * n  # where a sample's text ends once the stop text has appeared in it
     printed = 0        # characters of gen[0] printed so far (n == 1)
@@ -151,7 +130,7 @@ def draw(n):
     for idx_next in model.generate_stream(x.expand(n, -1), max_new_tokens, temperature, top_k, top_p):
         for i, token in enumerate(idx_next[:, 0].tolist()):
             if ends[i] is None:
-                gen[i] += utf8[i].decode(token_bytes(token))
+                gen[i] += utf8[i].decode(tokenizer.token_bytes(token))
                 ends[i] = gen[i].index(stop) if stop and stop in gen[i] else None
         if n == 1:
             cut = ends[0] if ends[0] is not None else len(gen[0]) - held_back(gen[0], stop)

@@ -30,34 +30,37 @@ from model import GPT, GPTConfig
 # -----------------------------------------------------------------------------
 # defaults: GPT-2 124M on OpenWebText
 # I/O
-out_dir = 'out'
-eval_interval = 2000
-log_interval = 1
+out_dir = 'out'              # checkpoints are written here (ckpt.pt)
+eval_interval = 2000         # evaluate, and maybe checkpoint, every this many iterations
+log_interval = 1             # a log line (the loop's one host sync) every this many iterations
 eval_iters = 200             # batches per split in each evaluation
 eval_only = False            # evaluate once, then exit without writing anything
 always_save_checkpoint = True  # else ckpt.pt keeps the best val loss, and a stop writes interrupted.pt
 init_from = 'scratch'        # 'scratch' | 'resume' | 'gpt2*' | a local Hugging Face GPT-2 directory
+sample_tokens = 0            # print a sample of this many tokens at each evaluation; 0: none
 overwrite = False            # a fresh start may replace the checkpoints already in out_dir
 # wandb
-wandb_log = False
-wandb_project = 'owt'
+wandb_log = False            # log to Weights & Biases (WANDB_MODE=offline works without an account)
+wandb_project = 'owt'        # wandb's project and run names
 wandb_run_name = 'gpt2'
 # data
 dataset = 'openwebtext'      # data/<dataset>/, or a path to a folder with train.bin, val.bin
+prepare = False              # run data/<dataset>/prepare.py first when its train.bin is missing
+prepare_input = ''           # that prepare.py's --input: a local copy of its text instead of the download
 gradient_accumulation_steps = 5 * 8  # global: divided by the number of DDP processes
 batch_size = 12              # micro-batch size per process
-block_size = 1024
+block_size = 1024            # context length, in tokens
 # model
-n_layer = 12
-n_head = 12
-n_embd = 768
+n_layer = 12                 # transformer blocks
+n_head = 12                  # attention heads
+n_embd = 768                 # width: channels of the residual stream
 dropout = 0.0                # 0 for pretraining, try 0.1+ for finetuning
 bias = False                 # bias in Linear and LayerNorm layers
 # AdamW
 learning_rate = 6e-4         # max learning rate
 max_iters = 600000           # optimizer steps in total
-weight_decay = 1e-1
-beta1 = 0.9
+weight_decay = 1e-1          # AdamW's, on matrices and embeddings only
+beta1 = 0.9                  # AdamW's betas
 beta2 = 0.95
 grad_clip = 1.0              # clip gradients at this norm; 0.0 disables
 # learning rate schedule
@@ -71,7 +74,7 @@ backend = ''                 # '' picks 'nccl' on CUDA, 'gloo' otherwise
 device = 'auto'              # 'auto' | 'cpu' | 'cuda' | 'cuda:N' | 'mps'
 dtype = 'auto'               # 'auto' | 'float32' | 'bfloat16' | 'float16' (float16: with a GradScaler)
 compile = True               # torch.compile the model where it is supported (CUDA)
-seed = 1337
+seed = 1337                  # the same seed and settings give the same losses (bitwise on a CPU)
 peak_flops = 0.0             # device peak FLOP/s for MFU; 0 looks the GPU up in runtime.PEAK_FLOPS
 _positive = ('batch_size', 'block_size', 'gradient_accumulation_steps', 'eval_interval', 'eval_iters',
              'log_interval', 'n_layer', 'n_head', 'n_embd')
@@ -81,8 +84,7 @@ config, given = configure(globals())  # config files, then --key=value: every fi
 # -----------------------------------------------------------------------------
 
 # DDP, device and the run's checkpoint ------------------------------------------
-ddp = 'RANK' in os.environ  # launched by torchrun
-rank, local_rank, world_size = (int(os.environ[k]) for k in ('RANK', 'LOCAL_RANK', 'WORLD_SIZE')) if ddp else (0, 0, 1)
+ddp, rank, local_rank, world_size = runtime.ranks()  # ddp: launched by torchrun
 master_process = rank == 0
 if gradient_accumulation_steps % world_size:  # checked by every process before any collective: no hang
     fail(f"gradient_accumulation_steps={gradient_accumulation_steps} is not divisible by the {world_size} DDP "
@@ -103,9 +105,10 @@ if master_process:
     print(f"device {device}, dtype {dtype}, {world_size} process(es), tokens per iteration {tokens_per_iter:,}")
 
 # data ---------------------------------------------------------------------------
-data_dir = runtime.dataset_dir(dataset)
+# prepare: for cheap datasets, and not under DDP, whose processes would all prepare at once
+data_dir = runtime.dataset_dir(dataset, prepare=prepare and not ddp, prepare_input=prepare_input)
 config['dataset'] = data_dir if os.path.isdir(dataset) else dataset  # a folder absolute: sample.py finds it anywhere
-meta = runtime.read_vocab(data_dir)  # a character vocabulary, or None for GPT-2 BPE tokens
+data_vocab = runtime.read_vocab(data_dir)  # {'chars': [...]}, {'encoding': 'gpt2'}, or None: GPT-2 BPE
 n_tokens = {split: runtime.split_tokens(data_dir, split, block_size) for split in ('train', 'val')}
 batch_gen = torch.Generator().manual_seed(seed + rank)  # training batches: a stream of their own, checkpointed
 eval_gen = torch.Generator().manual_seed(seed)  # evaluation sees the same windows every time
@@ -122,21 +125,23 @@ def next_train_ix():
 
 
 # model init ---------------------------------------------------------------------
-iter_num, best_val_loss = 0, float('inf')
+iter_num, best_val_loss, model_vocab = 0, float('inf'), None  # model_vocab: what its weights were trained on
 if init_from == 'scratch':
+    chars = (data_vocab or {}).get('chars')
     try:
         model = GPT(GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,
-                              vocab_size=meta['vocab_size'] if meta else 50304, dropout=dropout))  # 50257 padded
+                              vocab_size=len(chars) if chars else 50304, dropout=dropout))  # 50257 padded
     except ValueError as e:
         fail(e)
 elif init_from == 'resume':
     model = checkpoint.build_model(ckpt, ckpt_file, dropout=dropout)
-    iter_num, best_val_loss = ckpt['iter_num'], ckpt['best_val_loss']
+    iter_num, best_val_loss, model_vocab = ckpt['iter_num'], ckpt['best_val_loss'], ckpt['tokenizer']
 elif init_from.startswith('gpt2') or os.path.isdir(init_from):
     try:
         model = GPT.from_pretrained(init_from, dict(dropout=dropout))
     except ValueError as e:
         fail(e)
+    model_vocab = runtime.read_vocab(init_from) if os.path.isdir(init_from) else runtime.GPT2  # an export's own
     if block_size > model.config.block_size:
         fail(f"block_size={block_size} is longer than the context of {init_from} ({model.config.block_size}); "
              f"use --block_size={model.config.block_size} or less")
@@ -144,11 +149,11 @@ elif init_from.startswith('gpt2') or os.path.isdir(init_from):
         model.crop_block_size(block_size)  # e.g. finetune with a shorter context than GPT-2's 1024
 else:
     fail(f"init_from={init_from!r}: use 'scratch', 'resume', a gpt2* name or a Hugging Face model directory")
-runtime.check_vocab(model.config.vocab_size, meta, data_dir)
+vocab = runtime.check_vocab(model.config.vocab_size, model_vocab, runtime.vocab_file(data_dir), data_vocab)
 config.update({k: getattr(model.config, k) for k in checkpoint.SHAPE})  # the weights decide the shape
 model.to(device)
 if master_process:
-    print(f"vocab_size {model.config.vocab_size} " + (f"(from {data_dir}/meta.pkl)" if meta else "(GPT-2 BPE)"))
+    print(f"vocab_size {model.config.vocab_size}: " + ("characters" if 'chars' in vocab else "GPT-2 BPE"))
     if not eval_only:  # eval_only writes nothing; every setting has been checked by now
         make_dir(out_dir)
         if overwrite and init_from != 'resume':
@@ -175,7 +180,6 @@ if runtime.use_compile(compile, device_type, master_process):
 eval_model = model  # evaluation never goes through the DDP wrapper (its forward may sync)
 if ddp:
     model = DDP(model, device_ids=[local_rank] if device_type == 'cuda' else None)
-peak = runtime.peak_flops(device, peak_flops)
 
 
 @torch.no_grad()
@@ -226,21 +230,14 @@ saves = 0
 def save(name, evaluated):
     """Write the training state to out_dir/name. Every process takes part (its random state is gathered)."""
     global saves
-    rng = checkpoint.rng_states(batch_state, device)
-    if not master_process:
-        return
-    path, best = os.path.join(out_dir, name), os.path.join(out_dir, checkpoint.CKPT)
-    checkpoint.save(path, {
-        'model': raw_model.state_dict(), 'optimizer': optimizer.state_dict(),
-        'model_args': dict(vars(raw_model.config)), 'iter_num': iter_num, 'best_val_loss': float(best_val_loss),
-        'config': config, 'scaler': scaler.state_dict(), 'rng': rng, 'wandb_run_id': wandb_run_id,
-        'evaluated': evaluated})  # False: a stop came before its step's evaluation, so the resumed run does it
-    saves += 1
-    if name == checkpoint.CKPT:
-        checkpoint.remove(out_dir, checkpoint.INTERRUPTED)  # older than this: resume reads ckpt.pt again
-    runtime.log(f"saved checkpoint to {path} (iter {iter_num})" + ("" if name == checkpoint.CKPT else
-                f"; {best} keeps the best val loss ({best_val_loss:.4f})" if os.path.exists(best) else
-                f"; no {checkpoint.CKPT} yet: no evaluation since the first has improved the val loss"))
+    state = {'model': raw_model.state_dict(), 'optimizer': optimizer.state_dict(),
+             'model_args': dict(vars(raw_model.config)), 'tokenizer': vocab, 'iter_num': iter_num,
+             'best_val_loss': float(best_val_loss), 'config': config, 'scaler': scaler.state_dict(),
+             'rng': checkpoint.rng_states(batch_state, device), 'wandb_run_id': wandb_run_id,
+             'evaluated': evaluated}  # False: a stop came before its step's evaluation, so the resumed run does it
+    if master_process:
+        runtime.log(checkpoint.write(out_dir, name, state))
+        saves += 1
 
 
 # training loop ------------------------------------------------------------------
@@ -262,6 +259,8 @@ while True:
         stopping = losses is None
         if losses:
             runtime.log(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+            if sample_tokens and master_process:
+                runtime.log(f"sample {iter_num}: {runtime.sample_text(raw_model, vocab, sample_tokens, ctx)!r}")
             if not math.isfinite(losses['val']):
                 fail(f"val loss is {losses['val']} at iter {iter_num}; the checkpoint was left as it was")
             if wandb_log and master_process:
@@ -314,7 +313,7 @@ while True:
         fail(f"loss is {loss_value} at iter {iter_num}; stopping, the last checkpoint was left as it was")
     dt = train_time / (iter_num - last_log_iter)  # per iteration, without evaluation and checkpoints
     # per process against one device's peak (gradient_accumulation_steps is per process by now)
-    mfu = raw_model.estimate_mfu(batch_size * gradient_accumulation_steps, dt, peak)
+    mfu = raw_model.estimate_mfu(batch_size * gradient_accumulation_steps, dt, runtime.peak_flops(device, peak_flops))
     if mfu is not None and iter_num - start_iter > 5:  # the first iterations are still warming up
         running_mfu = mfu if running_mfu is None else 0.9 * running_mfu + 0.1 * mfu
     runtime.log(f"iter {iter_num}: loss {loss_value:.4f}, time {dt * 1000:.2f}ms, mfu "

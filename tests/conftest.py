@@ -1,7 +1,9 @@
 """Shared helpers: tiny datasets, one tiny training run shared by the whole session, and two ways to run
 the scripts: in this process (no 2 s of start-up; exit code, stdout and stderr come back) or as a
 subprocess (for what only a real process shows: signals, pipes, torchrun)."""
+import json
 import os
+import pickle
 import runpy
 import shutil
 import signal
@@ -51,9 +53,9 @@ TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\n
         "First Citizen:\nYou are all resolved rather to die than to famish?\n\n") * 40
 
 
-def write_char_dataset(out_dir, text=TEXT):
-    """train.bin / val.bin / meta.pkl for a character-level dataset, 90/10 split."""
-    import pickle
+def write_char_dataset(out_dir, text=TEXT, legacy=False):
+    """train.bin / val.bin / meta.json for a character-level dataset, 90/10 split; legacy: a meta.pkl
+    instead, as prepare.py wrote before."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     chars = sorted(set(text))
@@ -62,9 +64,17 @@ def write_char_dataset(out_dir, text=TEXT):
     n = int(0.9 * len(ids))
     ids[:n].tofile(out_dir / 'train.bin')
     ids[n:].tofile(out_dir / 'val.bin')
-    with open(out_dir / 'meta.pkl', 'wb') as f:
-        pickle.dump({'vocab_size': len(chars), 'stoi': stoi, 'itos': dict(enumerate(chars))}, f)
+    if legacy:
+        (out_dir / 'meta.pkl').write_bytes(pickle.dumps({'vocab_size': len(chars), 'stoi': stoi,
+                                                         'itos': dict(enumerate(chars))}))
+    else:
+        (out_dir / 'meta.json').write_text(json.dumps({'vocab_size': len(chars), 'chars': chars}), encoding='utf-8')
     return out_dir
+
+
+def chars_of(folder):
+    """The characters of a dataset folder's meta.json: token i is chars[i]."""
+    return json.loads((Path(folder) / 'meta.json').read_text(encoding='utf-8'))['chars']
 
 
 @pytest.fixture(scope='session')

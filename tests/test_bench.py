@@ -1,11 +1,10 @@
 """bench.py on a tiny shape, on the CPU, in this process:  python -m pytest -q tests/test_bench.py"""
 import json
-import pickle
 
 import numpy as np
 import pytest
 
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, chars_of
 
 TINY_BENCH = ['--device=cpu', '--compile=False', '--dtype=float32', '--n_layer=2', '--n_head=2', '--n_embd=32',
               '--block_size=32', '--batch_size=2', '--steps=3', '--warmup=1', '--json=True']
@@ -38,8 +37,7 @@ def test_real_data_with_profile(bench, tmp_path, char_dataset):
     trace_dir = tmp_path / 'trace'
     p = bench(*TINY_BENCH, f'--dataset={char_dataset}', '--real_data=True', '--profile=True',
               f'--profile_dir={trace_dir}')
-    meta = pickle.loads((char_dataset / 'meta.pkl').read_bytes())
-    assert p.result['vocab_size'] == meta['vocab_size']  # the dataset's, as in train.py
+    assert p.result['vocab_size'] == len(chars_of(char_dataset))  # the dataset's, as in train.py
     assert p.result['mfu'] is None and 'mfu n/a' in p.out  # no known peak for a CPU
     assert p.result['tokens_per_s'] > 0
     assert list(trace_dir.glob('*.pt.trace.json')), f"no trace in {trace_dir}: {list(trace_dir.iterdir())}"
@@ -82,9 +80,9 @@ def test_bad_input_is_one_line(bench, tmp_path):
         assert 'steps after' not in p.out  # refused before any timing
     bpe = tmp_path / 'bpe'
     bpe.mkdir()
-    np.arange(100, dtype=np.uint16).tofile(bpe / 'train.bin')  # no meta.pkl: GPT-2 BPE tokens
+    np.arange(100, dtype=np.uint16).tofile(bpe / 'train.bin')  # no meta.json: GPT-2 BPE tokens
     p = bench(*TINY_BENCH, '--vocab_size=65', '--real_data=True', f'--dataset={bpe}', check=False)
-    assert_one_line_error(p, f"the model has 65 tokens, fewer than GPT-2's 50257, so it needs its dataset's meta.pkl, "
-                             f"which is not at {bpe / 'meta.pkl'}")
+    assert_one_line_error(p, f"the model has 65 tokens, fewer than GPT-2's 50257, so it needs its dataset's "
+                             f"meta.json, which is not at {bpe / 'meta.json'}")
     p = bench(*TINY_BENCH, '--real_data=True', '--dataset=no_such_set', check=False)
     assert_one_line_error(p, "no dataset 'no_such_set': data/ has ")

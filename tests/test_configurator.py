@@ -1,5 +1,6 @@
 """configurator.py: config files and --key=value flags over a script's globals.
 Run: python -m pytest -q tests/test_configurator.py"""
+import re
 import subprocess
 import sys
 
@@ -137,3 +138,12 @@ def test_declared_checks(capsys):
     config, given = configure(dict(ns), ['--batch_size=3'])
     assert config['batch_size'] == 3 and given == {'batch_size': 3}
     assert 'Overriding: batch_size = 3' in capsys.readouterr().out
+
+
+def test_help_shows_each_settings_comment():
+    """Regression: --help listed --key=default with no words; it shows the comment beside each setting."""
+    p = run('train.py', '--help')
+    assert re.search(r"^  --eval_iters=200 +batches per split in each evaluation$", p.stdout, re.M), p.stdout
+    assert re.search(r"^  --grad_clip=1.0 +clip gradients at this norm; 0.0 disables$", p.stdout, re.M)
+    p = run('data/openwebtext/prepare.py', '--help')
+    assert re.search(r"^  --num_proc=\d+ +tokenizer processes$", p.stdout, re.M), p.stdout

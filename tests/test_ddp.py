@@ -1,7 +1,6 @@
 """train.py under torchrun on CPU (gloo): 2 processes on one machine.
 Run: python -m pytest -q tests/test_ddp.py"""
 import os
-import pickle
 import re
 import signal
 import subprocess
@@ -11,7 +10,7 @@ import time
 import numpy as np
 import torch
 
-from conftest import REPO, TINY, write_char_dataset
+from conftest import REPO, TINY, chars_of, write_char_dataset
 from model import GPT, GPTConfig
 
 
@@ -35,7 +34,7 @@ def test_two_processes_train_log_once_and_stay_identical(char_dataset, tmp_path,
     # regression: MFU counted the whole job's tokens against one device's peak (2x too high here)
     line = next(line for line in p.stdout.splitlines() if line.startswith('iter 6:'))  # the first MFU figure
     mfu, tok_s = float(re.search(r'mfu ([\d.]+)%', line)[1]) / 100, float(re.search(r'tok/s ([\d,]+)', line)[1].replace(',', ''))
-    vocab = pickle.load(open(char_dataset / 'meta.pkl', 'rb'))['vocab_size']
+    vocab = len(chars_of(char_dataset))
     model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=vocab, bias=False))
     flops_per_token = 6 * model.get_num_params() + 12 * 2 * 2 * 16 * 32
     assert abs(mfu / (flops_per_token * tok_s / 2 / 1e10) - 1) < 0.02, line

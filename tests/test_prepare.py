@@ -2,7 +2,6 @@
 Run: python -m pytest -q tests/test_prepare.py"""
 import hashlib
 import json
-import pickle
 import re
 
 import numpy as np
@@ -29,9 +28,9 @@ def digests(folder):
 
 
 def decode_char(folder):
-    meta = pickle.load(open(folder / 'meta.pkl', 'rb'))
+    meta = json.loads((folder / 'meta.json').read_text(encoding='utf-8'))
     parts = [np.fromfile(folder / f'{s}.bin', dtype=np.uint16) for s in ('train', 'val')]
-    return meta, [''.join(meta['itos'][int(i)] for i in ids) for ids in parts]
+    return meta, [''.join(meta['chars'][int(i)] for i in ids) for ids in parts]
 
 
 @needs_shakespeare
@@ -40,7 +39,7 @@ def test_char_tiny_shakespeare_counts(tmp_path):
     assert char.prepare(text, str(tmp_path)) == {'vocab_size': 65, 'train': 1_003_854, 'val': 111_540}
     assert (tmp_path / 'train.bin').stat().st_size == 2 * 1_003_854  # uint16: two bytes a character
     meta, (train, val) = decode_char(tmp_path)
-    assert meta['vocab_size'] == 65 and ''.join(meta['itos'][i] for i in range(65)) == ''.join(sorted(set(text)))
+    assert meta['vocab_size'] == 65 and ''.join(meta['chars']) == ''.join(sorted(set(text)))
     assert train + val == text
 
 
@@ -52,14 +51,13 @@ def test_char_cli_roundtrip_and_rerun_identical(tmp_path):
     assert f"train has {int(0.9 * len(TEXT)):,} tokens" in p.stdout
     meta, (train, val) = decode_char(out)
     assert train + val == TEXT and len(train) == int(0.9 * len(TEXT))
-    assert meta['stoi'] == {c: i for i, c in enumerate(sorted(set(TEXT)))}
-    assert {meta['stoi'][c] for c in TEXT} == set(meta['itos'])
+    assert meta == {'vocab_size': len(set(TEXT)), 'chars': sorted(set(TEXT))}
     assert np.fromfile(out / 'train.bin', dtype=np.uint16).size * 2 == (out / 'train.bin').stat().st_size
     assert (out / 'input.txt').read_text(encoding='utf-8') == TEXT
     first = digests(out)
     # the second run finds input.txt in out_dir and needs neither --input nor the network
     run('data/shakespeare_char/prepare.py', f'--out_dir={out}', cwd=tmp_path)
-    assert digests(out) == first and set(first) == {'input.txt', 'meta.pkl', 'train.bin', 'val.bin'}
+    assert digests(out) == first and set(first) == {'input.txt', 'meta.json', 'train.bin', 'val.bin'}
 
 
 def test_char_cyrillic_vocab_and_training(tmp_path, script):
@@ -67,8 +65,9 @@ def test_char_cyrillic_vocab_and_training(tmp_path, script):
     counts = char.prepare(CYRILLIC, str(folder))
     meta, (train, val) = decode_char(folder)
     assert train + val == CYRILLIC
-    assert list(meta['stoi']) == sorted(set(CYRILLIC)) and counts['vocab_size'] == len(set(CYRILLIC))
-    assert {'З', 'ё', '«', '—'} <= set(meta['stoi'])
+    assert meta['chars'] == sorted(set(CYRILLIC)) and counts['vocab_size'] == len(set(CYRILLIC))
+    assert {'З', 'ё', '«', '—'} <= set(meta['chars'])
+    assert '"З"' in (folder / 'meta.json').read_text(encoding='utf-8')  # UTF-8 JSON, readable as it is
     script('train.py', *TINY, f'--dataset={folder}', f'--out_dir={tmp_path / "out"}')
     assert (tmp_path / 'out' / 'ckpt.pt').exists()
 
@@ -87,7 +86,7 @@ def test_bpe_tiny_shakespeare_counts(tmp_path):
     enc = bpe.gpt2_encoding()
     ids = [np.fromfile(tmp_path / f'{s}.bin', dtype=np.uint16).tolist() for s in ('train', 'val')]
     assert enc.decode(ids[0]) + enc.decode(ids[1]) == text
-    assert not (tmp_path / 'meta.pkl').exists()  # no meta.pkl: readers fall back to GPT-2's vocabulary
+    assert json.loads((tmp_path / 'meta.json').read_text()) == {'vocab_size': 50257, 'encoding': 'gpt2'}
 
 
 def make_docs(n=300):

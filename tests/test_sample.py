@@ -9,13 +9,14 @@ error, exit code, same text across processes), and one more samples from a model
 import os
 import pickle
 import runpy
+import shutil
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from conftest import REPO, TINY, needs_gpt2_bpe, overwrite_largest_tensor, run
+from conftest import REPO, TINY, chars_of, needs_gpt2_bpe, overwrite_largest_tensor, run, write_char_dataset
 from model import GPT, GPTConfig
 
 SEP = '\n---------------\n'
@@ -23,19 +24,21 @@ EOT = 50256  # GPT-2's <|endoftext|>
 CJK_PIECES = [17312, 105, 45739, 252]  # GPT-2 tokens b'\xe6\x9c' b'\xac' (本), b'\xe8\xaa' b'\x9e' (語)
 
 
-def save_checkpoint(out_dir, model, dataset):
-    """The part of train.py's ckpt.pt that sample.py reads."""
+def save_checkpoint(out_dir, model, dataset, tokenizer=None):
+    """The part of train.py's ckpt.pt that sample.py reads; without a tokenizer, as checkpoints were
+    before they held one (the dataset's meta.json, or meta.pkl, is then read)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.save({'model': model.state_dict(), 'model_args': vars(model.config), 'iter_num': 0,
-                'best_val_loss': 9.9, 'config': {'dataset': str(dataset)}}, out_dir / 'ckpt.pt')
+                'best_val_loss': 9.9, 'config': {'dataset': str(dataset)},
+                **({'tokenizer': tokenizer} if tokenizer else {})}, out_dir / 'ckpt.pt')
     return out_dir
 
 
 @pytest.fixture
 def char_ckpt(tmp_path, char_dataset):
     """(out_dir, model, meta) of a random tiny character-level model."""
-    with open(char_dataset / 'meta.pkl', 'rb') as f:
-        meta = pickle.load(f)
+    chars = chars_of(char_dataset)
+    meta = {'vocab_size': len(chars), 'stoi': {c: i for i, c in enumerate(chars)}, 'itos': dict(enumerate(chars))}
     torch.manual_seed(0)
     model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=meta['vocab_size'])).eval()
     return save_checkpoint(tmp_path / 'out', model, char_dataset), model, meta
@@ -152,7 +155,7 @@ def test_stop_string_ends_the_sample_before_it(char_ckpt, sample):
 def test_prompt_from_file_and_too_long(char_ckpt, sample, tmp_path):
     out_dir, _, _ = char_ckpt
     (tmp_path / 'prompt.txt').write_text('First Citizen:\nSpeak\\n')  # read verbatim: \\n stays
-    with pytest.raises(SystemExit, match=r"not in the vocabulary .*: '\\\\'"):
+    with pytest.raises(SystemExit, match=r"not in the model's vocabulary: '\\\\'"):
         sample(f'--out_dir={out_dir}', f'--start=FILE:{tmp_path}/prompt.txt')
     long_prompt = 'First Citizen:\nSpeak, speak.\n\nAll:\nYou are all resolved.\n'  # > block_size 32
     (tmp_path / 'prompt.txt').write_text(long_prompt)
@@ -213,7 +216,8 @@ def test_errors(char_ckpt, sample, tmp_path):
     out_dir, model, meta = char_ckpt
     cases = [  # (flags, part of the message)
         ([f'--out_dir={tmp_path}/nowhere'], 'nowhere does not exist'),
-        ([f'--out_dir={out_dir}', '--start=Zebra ~é'], "not in the vocabulary of .*meta.pkl: 'Z' 'b' '~' 'é'$"),
+        ([f'--out_dir={out_dir}', '--start=Zebra ~é'], "the prompt has characters that are not in the model's "
+                                                      "vocabulary: 'Z' 'b' '~' 'é'$"),
         ([f'--out_dir={out_dir}', '--start=FILE:nope.txt'], "cannot read the prompt file 'nope.txt'"),
         ([f'--out_dir={out_dir}', '--start='], 'the prompt is empty'),
         ([f'--out_dir={out_dir}', '--device=cuda'], 'CUDA is not available'),
@@ -221,7 +225,7 @@ def test_errors(char_ckpt, sample, tmp_path):
         ([f'--out_dir={out_dir}', '--top_k=0'], 'top_k=0 must be positive'),
         ([f'--out_dir={out_dir}', '--top_p=1.5'], r'top_p=1\.5 must be in \(0, 1\]'),
         # regression: a directory that does not exist got Hugging Face's 'Repo id must be in the form'
-        ([f'--init_from={tmp_path}/no_such_dir'], r"init_from='.*no_such_dir' is not 'resume', a gpt2\* name "
+        ([f'--init_from={tmp_path}/no_such_dir'], r"init_from='.*no_such_dir' is not 'resume', a .pt file, a gpt2\* name "
                                                   r"or an existing directory$"),
     ]
     for flags, message in cases:
@@ -254,7 +258,7 @@ def test_errors(char_ckpt, sample, tmp_path):
     # (garbage, exit 0) unless the prompt happened to hold a token id past the model's vocabulary
     save_checkpoint(out_dir, model, tmp_path / 'moved')
     with pytest.raises(SystemExit, match=rf"the model has {meta['vocab_size']} tokens, fewer than GPT-2's 50257, so it needs "
-                                         r"its dataset's meta.pkl, which is not at .*moved/meta.pkl: was the dataset moved"):
+                                         r"its dataset's meta.json, which is not at .*moved/meta.json: was the dataset moved"):
         sample(f'--out_dir={out_dir}', '--start=A')
 
 
@@ -276,11 +280,11 @@ def test_meta_that_does_not_fit_is_refused(char_ckpt, sample, tmp_path):
     ckpt = torch.load(out_dir / 'ckpt.pt', weights_only=True)
     for config in (None, {'dataset': 7}):  # regression: AttributeError / TypeError tracebacks
         torch.save(dict(ckpt, config=config), out_dir / 'ckpt.pt')
-        with pytest.raises(SystemExit, match=r"needs its dataset's meta.pkl, which is not at \(the checkpoint names no "):
+        with pytest.raises(SystemExit, match=r"needs its dataset's meta.json, which is not at \(the checkpoint names no "):
             sample(f'--out_dir={out_dir}', '--start=A')
     save_checkpoint(out_dir, model, other)
     (other / 'meta.pkl').write_bytes(pickle.dumps({'vocab_size': 65}))
-    with pytest.raises(SystemExit, match=r"cannot read a vocabulary from .*meta.pkl \(KeyError: 'stoi'\)"):
+    with pytest.raises(SystemExit, match=r"cannot read a vocabulary from .*meta.pkl \(KeyError: 'itos'\)"):
         sample(f'--out_dir={out_dir}', '--start=A')
 
 
@@ -326,3 +330,50 @@ def test_damaged_checkpoint_is_refused(trained, trained_copy, sample):
     with pytest.raises(SystemExit, match=rf"error: {trained_copy / 'ckpt.pt'} is damaged: its tensors do not match "
                                          r"the checksum written with them"):
         sample(f'--out_dir={trained_copy}')
+
+
+def test_a_checkpoint_alone_samples_as_in_place(char_dataset, tmp_path, script, sample):
+    """Regression: sample.py found a character model's vocabulary through the dataset folder named in the
+    checkpoint, so a ckpt.pt copied elsewhere, or kept after its dataset was deleted, could not be sampled.
+    The checkpoint holds its vocabulary now."""
+    script('train.py', *TINY, f'--dataset={char_dataset}', f'--out_dir={tmp_path / "out"}', '--max_iters=2')
+    args = ['--num_samples=2', '--max_new_tokens=30', '--start=All:']
+    in_place = samples(sample(f'--out_dir={tmp_path / "out"}', *args).out)
+    (tmp_path / 'elsewhere').mkdir()
+    os.rename(tmp_path / 'out' / 'ckpt.pt', tmp_path / 'elsewhere' / 'ckpt.pt')
+    shutil.rmtree(char_dataset)
+    assert samples(sample(f'--out_dir={tmp_path / "elsewhere"}', *args).out) == in_place
+
+
+class RunsCode:
+    """Unpickling this creates a file: what a meta.pkl from a stranger could do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, 'w'))
+
+
+def test_a_pickle_beside_meta_json_is_never_loaded(tmp_path, script, sample):
+    """meta.pkl is a pickle, which runs whatever code it holds; with a meta.json beside it, nothing reads it."""
+    data = write_char_dataset(tmp_path / 'data')
+    marker = tmp_path / 'pickle-ran'
+    (data / 'meta.pkl').write_bytes(pickle.dumps(RunsCode(marker)))
+    script('train.py', *TINY, f'--dataset={data}', f'--out_dir={tmp_path / "out"}', '--max_iters=1')
+    ckpt = torch.load(tmp_path / 'out' / 'ckpt.pt', weights_only=True)
+    save_checkpoint(tmp_path / 'old', GPT(GPTConfig(**ckpt['model_args'])), data)  # an older checkpoint: no vocabulary
+    for out in ('out', 'old'):
+        sample(f'--out_dir={tmp_path / out}', '--num_samples=1', '--max_new_tokens=5', '--start=A')
+    assert not marker.exists()
+
+
+def test_legacy_checkpoint_and_meta_pkl_still_sample(tmp_path, sample):
+    data = write_char_dataset(tmp_path / 'data', legacy=True)  # as prepare.py wrote before meta.json
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=32, vocab_size=33)).eval()
+    save_checkpoint(tmp_path / 'out', model, data)
+    res = sample(f'--out_dir={tmp_path / "out"}', '--num_samples=1', '--max_new_tokens=10', '--start=All:')
+    assert samples(res.out)[0].startswith('All:') and len(samples(res.out)[0]) == 14
+    assert f"warning: {data / 'meta.pkl'} is a pickle, which runs any code it holds; rerun the dataset's " \
+           f"prepare.py to write meta.json instead" in res.err

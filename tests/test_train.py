@@ -6,7 +6,6 @@ are real subprocesses."""
 import ast
 import math
 import os
-import pickle
 import re
 import signal
 import subprocess
@@ -17,7 +16,8 @@ import pytest
 import torch
 
 import checkpoint
-from conftest import REPO, TINY, TRAINED, assert_one_line_error, overwrite_largest_tensor, run, write_char_dataset
+from conftest import (REPO, TINY, TRAINED, assert_one_line_error, chars_of, overwrite_largest_tensor, run,
+                      write_char_dataset)
 from model import GPT, GPTConfig
 
 SHAPE_FLAGS = ('--n_layer', '--n_head', '--n_embd', '--block_size')
@@ -41,7 +41,7 @@ def load(path):
 
 
 def test_learns_and_checkpoint_loads(trained, train, tmp_path):
-    vocab = pickle.load(open(trained.data / 'meta.pkl', 'rb'))['vocab_size']
+    vocab = len(chars_of(trained.data))
     val = [float(m) for m in re.findall(r'val loss ([\d.]+)', trained.stdout)]
     assert val[0] > math.log(vocab) - 0.3 and val[-1] < 0.6 * math.log(vocab), trained.stdout
     assert re.search(r'^iter 60: loss [\d.]+, time [\d.]+ms, mfu n/a, tok/s [\d,]+, grad norm [\d.]+, lr ',
@@ -113,7 +113,7 @@ def test_gradient_accumulation_matches_a_bigger_batch(tiny_data, tmp_path, train
 
 def test_finetune_from_local_hf_directory(tmp_path, tiny_data, train, script):
     transformers = pytest.importorskip('transformers')
-    vocab = pickle.load(open(tiny_data / 'meta.pkl', 'rb'))['vocab_size']
+    vocab = len(chars_of(tiny_data))
     cfg = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=vocab, n_positions=64)
     transformers.GPT2LMHeadModel(cfg).save_pretrained(tmp_path / 'hf')
     # no shape settings, as in config/finetune_shakespeare.py: the weights decide the shape
@@ -272,16 +272,18 @@ def test_bad_checkpoints_are_refused(trained, trained_copy, train, tmp_path):
     # was trained, while --n_layer=3 was refused
     p = train(data, out, '--init_from=resume', '--n_layer=12', check=False)
     assert_one_line_error(p, 'n_layer: checkpoint 2, requested 12')
-    # another vocabulary
-    other = write_char_dataset(tmp_path / 'other', text='abcdefg hij\n' * 100)
+    # another vocabulary: the checkpoint's own is compared with the dataset's
+    other = write_char_dataset(tmp_path / 'other', text='abcdefg hij\n' * 100 + 'é')
     p = train(other, out, '--init_from=resume', check=False)
-    assert_one_line_error(p, f"{other / 'meta.pkl'} has 12 tokens but the model has 33: the model was not trained")
-    # a char-level checkpoint on a dataset whose meta.pkl went missing
-    os.remove(other / 'meta.pkl')
+    assert_one_line_error(p, f"the model's vocabulary (33 characters) is not the dataset's (13 characters in "
+                             f"{other / 'meta.json'}, with 'b' 'g' 'j' 'é' that the model lacks): pick the dataset")
+    # a checkpoint without its vocabulary (an older one) on a dataset whose meta.json went missing
+    checkpoint.save(str(out / 'ckpt.pt'), dict(load(out / 'ckpt.pt'), tokenizer=None))
+    os.remove(other / 'meta.json')
     p = train(other, out, '--init_from=resume', check=False)
     # regression: the advice was to rerun prepare.py to write a meta.pkl, which a BPE dataset never has
     assert_one_line_error(p, f"the model has 33 tokens, fewer than GPT-2's 50257, so it needs its dataset's "
-                             f"meta.pkl, which is not at {other / 'meta.pkl'}")
+                             f"meta.json, which is not at {other / 'meta.json'}")
     # truncated
     (out / 'ckpt.pt').write_bytes(good[:len(good) // 2])
     p = train(data, out, '--init_from=resume', check=False)
@@ -558,3 +560,33 @@ def test_resuming_a_finished_run_says_how_to_go_on(trained, trained_copy, train)
     p = train(trained.data, trained_copy, '--init_from=resume', *TRAINED)
     assert 'note: max_iters=60 is reached already: raise it to train on' in p.out
     assert (trained_copy / 'ckpt.pt').read_bytes() == before
+
+
+def test_samples_at_each_evaluation_leave_training_as_it_was(tiny_data, tmp_path, train):
+    with_samples = train(tiny_data, tmp_path / 'a', '--sample_tokens=20')
+    without = train(tiny_data, tmp_path / 'b')
+    assert losses(with_samples.out) == losses(without.out)  # the sampling draws from its own random state
+    lines = re.findall(r'^sample (\d+): (.*)$', with_samples.out, re.M)
+    assert [int(i) for i, _ in lines] == [0, 5, 10]
+    assert all(len(ast.literal_eval(text)) == 20 for _, text in lines)  # 20 characters, as a Python string
+
+
+def test_prepare_runs_a_missing_dataset_first(tmp_path, train):
+    """prepare=True (the quick start's config) runs the dataset's prepare.py when train.bin is missing;
+    prepare_input gives it the text (offline)."""
+    folder = tmp_path / 'new_char'
+    folder.mkdir()
+    (folder / 'prepare.py').write_text(  # the shakespeare_char script, run from this folder
+        f"import sys\nsys.path.insert(0, {str(REPO)!r})\nfrom data.shakespeare_char.prepare import main, prepare\n"
+        f"main(prepare, __file__)\n")
+    text = tmp_path / 'text.txt'
+    text.write_text("To be, or not to be, that is the question.\n" * 50)
+    p = train(folder, tmp_path / 'out', '--prepare=True', f'--prepare_input={text}', '--max_iters=2')
+    assert f"{folder}/train.bin is missing: running" in p.out and 'iter 2: loss' in p.out
+    assert chars_of(folder) == sorted(set(text.read_text()))
+    p = train(folder, tmp_path / 'out2', '--prepare=True', f'--prepare_input={tmp_path / "nope.txt"}',
+              '--max_iters=2')  # prepared already: nothing runs
+    assert 'is missing' not in p.out
+    (folder / 'train.bin').unlink()
+    p = train(folder, tmp_path / 'out3', '--prepare=True', f'--prepare_input={tmp_path / "nope.txt"}', check=False)
+    assert_one_line_error(p, "prepare.py failed (its error is above); fix that and rerun")

@@ -9,7 +9,8 @@ by Dataset.save_to_disk or DatasetDict.save_to_disk. 0.05% of the documents (--v
 one, seed 2357) become the val split; a saved DatasetDict that already has a 'val' split keeps it.
 
 Writes into --out_dir (default: this folder) train.bin and val.bin: every document encoded with
-encode_ordinary and followed by the end-of-text token (50256), back to back, as uint16. Tokenizing
+encode_ordinary and followed by the end-of-text token (50256), back to back, as uint16; and meta.json,
+which names the encoding. Tokenizing
 runs in --num_proc processes and is cached by datasets, so a second run is quick and byte-identical.
 """
 import os
@@ -22,6 +23,7 @@ from tqdm import tqdm
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
 from configurator import configure, fail, make_dir, oneline  # noqa: E402
 from data.shakespeare.prepare import gpt2_encoding  # noqa: E402
+from data.shakespeare_char.prepare import write_meta  # noqa: E402
 
 FORMATS = {'.txt': 'text', '.parquet': 'parquet', '.json': 'json', '.jsonl': 'json'}  # suffix -> datasets builder
 
@@ -129,6 +131,7 @@ def prepare(docs, out_dir: str, num_proc: int = 1) -> dict:
     os.makedirs(out_dir, exist_ok=True)
     for name, split in tokenized.items():
         write_bin(split, os.path.join(out_dir, f'{name}.bin'), totals[name])
+    write_meta(out_dir, {'vocab_size': 50257, 'encoding': 'gpt2'})
     return totals
 
 
@@ -156,7 +159,7 @@ if __name__ == '__main__':  # the guard is required: num_proc workers re-import 
         fail(e)
     for name, n in counts.items():
         print(f"{name} has {n:,} tokens")
-    print(f"wrote train.bin, val.bin to {cfg['out_dir']}")
+    print(f"wrote train.bin, val.bin, meta.json to {cfg['out_dir']}")
 
 # OpenWebText (8,013,769 documents), as reported by nanoGPT; not run here (no network):
 # train.bin is ~17GB, val.bin ~8.5MB

@@ -4,8 +4,8 @@
     python data/shakespeare/prepare.py --input=shakespeare.txt  # offline, from a local copy
 
 Writes into --out_dir (default: this folder): input.txt (a copy of the text), train.bin and val.bin
-(the first 90% and last 10% of the characters, each encoded as uint16 GPT-2 token ids). No meta.pkl:
-train.py and sample.py then use GPT-2's vocabulary. Running it again gives byte-identical files.
+(the first 90% and last 10% of the characters, each encoded as uint16 GPT-2 token ids), and meta.json
+naming the encoding ({"vocab_size": 50257, "encoding": "gpt2"}). Running it again gives byte-identical files.
 Offline, tiktoken needs TIKTOKEN_CACHE_DIR pointing at a folder that holds its gpt2 files.
 """
 import os
@@ -17,7 +17,7 @@ import tiktoken
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
 # the same text, fetched and cached the same way as for the character-level dataset
 from configurator import fail, oneline  # noqa: E402
-from data.shakespeare_char.prepare import main, write_atomic  # noqa: E402
+from data.shakespeare_char.prepare import main, write_atomic, write_meta  # noqa: E402
 
 
 def gpt2_encoding():
@@ -40,6 +40,7 @@ def prepare(text: str, out_dir: str) -> dict:
     os.makedirs(out_dir, exist_ok=True)
     write_atomic(os.path.join(out_dir, 'train.bin'), train_ids.tobytes())
     write_atomic(os.path.join(out_dir, 'val.bin'), val_ids.tobytes())
+    write_meta(out_dir, {'vocab_size': enc.n_vocab, 'encoding': 'gpt2'})
     return {'train': len(train_ids), 'val': len(val_ids)}
 
 

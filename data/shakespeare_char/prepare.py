@@ -5,12 +5,12 @@
     python data/shakespeare_char/prepare.py --input=pushkin.txt --out_dir=data/pushkin_char
 
 Writes into --out_dir (default: this folder): input.txt (a copy of the text), train.bin and val.bin
-(the first 90% and last 10% of the characters as uint16 ids) and meta.pkl ({'vocab_size', 'stoi',
-'itos'}, the vocabulary sorted by code point). Then `python train.py --dataset=<out_dir>` trains on it.
-Running it again gives byte-identical files.
+(the first 90% and last 10% of the characters as uint16 ids) and meta.json ({"vocab_size": N, "chars":
+[...]}: token i is chars[i], sorted by code point). Then `python train.py --dataset=<out_dir>` trains on
+it. Running it again gives byte-identical files.
 """
+import json
 import os
-import pickle
 import sys
 import urllib.request
 from pathlib import Path
@@ -31,6 +31,11 @@ def write_atomic(path, data: bytes):
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_meta(out_dir, meta):
+    """The dataset's vocabulary as meta.json (JSON, not a pickle: reading it runs no code)."""
+    write_atomic(os.path.join(out_dir, 'meta.json'), json.dumps(meta, ensure_ascii=False).encode('utf-8'))
 
 
 def load_text(input_path, out_dir, url=URL):
@@ -65,7 +70,7 @@ def load_text(input_path, out_dir, url=URL):
 
 
 def prepare(text: str, out_dir: str) -> dict:
-    """Write train.bin, val.bin and meta.pkl for text into out_dir; returns the counts."""
+    """Write train.bin, val.bin and meta.json for text into out_dir; returns the counts."""
     codes = np.frombuffer(text.encode('utf-32-le'), dtype=np.uint32)  # one code point per character
     points, ids = np.unique(codes, return_inverse=True)  # points sorted, so the vocabulary is sorted(set(text))
     if len(points) > 2**16:
@@ -74,12 +79,11 @@ def prepare(text: str, out_dir: str) -> dict:
     if n == 0 or n == len(ids):
         raise ValueError(f"{len(ids)} characters are too few to split 90/10 into train and val")
     chars = [chr(p) for p in points]
-    meta = {'vocab_size': len(chars), 'stoi': {c: i for i, c in enumerate(chars)}, 'itos': dict(enumerate(chars))}
     ids = ids.astype(np.uint16)
     os.makedirs(out_dir, exist_ok=True)
     write_atomic(os.path.join(out_dir, 'train.bin'), ids[:n].tobytes())
     write_atomic(os.path.join(out_dir, 'val.bin'), ids[n:].tobytes())
-    write_atomic(os.path.join(out_dir, 'meta.pkl'), pickle.dumps(meta))
+    write_meta(out_dir, {'vocab_size': len(chars), 'chars': chars})
     return {'vocab_size': len(chars), 'train': n, 'val': len(ids) - n}
 
 
@@ -108,7 +112,7 @@ def main(prepare_fn, script_file):
         print(f"vocab size: {counts['vocab_size']:,}")
     print(f"train has {counts['train']:,} tokens")
     print(f"val has {counts['val']:,} tokens")
-    print(f"wrote {'train.bin, val.bin, meta.pkl' if 'vocab_size' in counts else 'train.bin, val.bin'} to {out_dir}")
+    print(f"wrote train.bin, val.bin, meta.json to {out_dir}")
 
 
 if __name__ == '__main__':

@@ -1,0 +1,31 @@
+# The quick start: a small character-level GPT of tiny Shakespeare on a laptop CPU, 1-3 minutes.
+# python train.py config/train_shakespeare_char_cpu.py
+# It runs data/shakespeare_char/prepare.py first if that has not been done (the text is downloaded once;
+# offline, add --prepare_input=path/to/tinyshakespeare.txt), and prints a sample at each evaluation.
+out_dir = 'out-shakespeare-char-cpu'
+eval_interval = 250
+eval_iters = 20
+log_interval = 10
+always_save_checkpoint = False  # keep the best val loss only
+sample_tokens = 200  # watch the text improve
+
+dataset = 'shakespeare_char'
+prepare = True
+gradient_accumulation_steps = 1
+batch_size = 12
+block_size = 64
+
+n_layer = 4
+n_head = 4
+n_embd = 128
+dropout = 0.0
+
+learning_rate = 1e-3
+max_iters = 2000
+lr_decay_iters = 2000
+min_lr = 1e-4
+beta2 = 0.99
+warmup_iters = 100
+
+device = 'cpu'
+compile = False

@@ -1,0 +1,85 @@
+"""Export a checkpoint for use elsewhere: a Hugging Face transformers folder, or a small weights-only file.
+
+    python export.py --out_dir=out-shakespeare-char --hf_dir=hf-shakespeare-char
+    python export.py --out_dir=out-shakespeare-char --weights=shakespeare-char.pt
+
+--hf_dir writes what transformers.AutoModelForCausalLM.from_pretrained loads as a GPT-2: config.json and
+model.safetensors (float32, by transformers' save_pretrained), meta.json (the vocabulary, as datasets and
+checkpoints hold it: {"chars": [...]} for a character model, whose token i is chars[i], or {"encoding":
+"gpt2"}), and for a GPT-2 BPE model GPT-2's tokenizer files, made from tiktoken's cache without a download.
+A padded vocabulary (50304) is cut to GPT-2's 50257: the 47 padding rows are never a token, and no other
+token's logit depends on them. The folder is read back and its logits compared with ours. train.py and
+sample.py take it as --init_from.
+--weights writes the model, its shape and its vocabulary without the optimizer state (about a third of
+ckpt.pt's size), for sharing: sample.py reads it as --init_from=FILE.pt.
+"""
+import json
+import os
+
+import torch
+
+import checkpoint
+import runtime
+from configurator import configure, fail, make_dir, oneline
+
+# -----------------------------------------------------------------------------
+out_dir = 'out'  # the checkpoint to export: out_dir/ckpt.pt
+hf_dir = ''      # write a Hugging Face transformers folder here
+weights = ''     # write a weights-only checkpoint here (a .pt file)
+# -----------------------------------------------------------------------------
+configure(globals())
+# -----------------------------------------------------------------------------
+# GPT-2's tokenizer files as tiktoken fetches and caches them (HF's vocab.json and merges.txt are these)
+GPT2_FILES = {'vocab.json': ('encoder.json', '196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783'),
+              'merges.txt': ('vocab.bpe', '1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5')}
+GPT2_URL = 'https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/'
+
+if not hf_dir and not weights:
+    fail("nothing to export to: give --hf_dir=FOLDER (Hugging Face transformers) and/or --weights=FILE.pt")
+if weights and not weights.endswith('.pt'):
+    fail(f"--weights={weights}: give a file name ending in .pt (sample.py reads it as --init_from=FILE.pt)")
+ckpt_path = os.path.join(out_dir, checkpoint.CKPT)
+if not os.path.isfile(ckpt_path):
+    fail(f"no checkpoint {ckpt_path}; train one first, or point --out_dir at the folder that holds it")
+ckpt, _ = checkpoint.load(ckpt_path, checkpoint.FOR_SAMPLING)
+model = checkpoint.build_model(ckpt, ckpt_path, dropout=0.0).eval()
+vocab = runtime.check_vocab(model.config.vocab_size, *runtime.checkpoint_vocab(ckpt, ckpt_path))
+
+if weights:
+    make_dir(os.path.dirname(os.path.abspath(weights)), 'weights')
+    checkpoint.save(weights, {'model': ckpt['model'], 'model_args': ckpt['model_args'], 'tokenizer': vocab,
+                              **{k: ckpt[k] for k in ('iter_num', 'best_val_loss', 'config') if k in ckpt}})
+    print(f"wrote {weights} ({os.path.getsize(weights) / 2**20:.1f} MiB, {ckpt_path} has "
+          f"{os.path.getsize(ckpt_path) / 2**20:.1f}); sample with  python sample.py --init_from={weights}")
+
+if hf_dir:
+    make_dir(hf_dir, 'hf_dir')
+    chars = vocab.get('chars')
+    n_vocab = len(chars) if chars else runtime.GPT2_VOCAB
+    eot = None if chars else runtime.GPT2_VOCAB - 1  # <|endoftext|> starts and ends GPT-2's texts
+    model.to_hf(n_vocab, bos_token_id=eot, eos_token_id=eot).save_pretrained(hf_dir)
+    with open(os.path.join(hf_dir, 'meta.json'), 'w', encoding='utf-8') as f:
+        json.dump({'vocab_size': n_vocab, **vocab}, f, ensure_ascii=False)
+    if not chars:
+        from tiktoken.load import read_file_cached
+        from transformers import GPT2Tokenizer
+        try:
+            files = {name: read_file_cached(GPT2_URL + src, sha) for name, (src, sha) in GPT2_FILES.items()}
+        except Exception as e:  # offline, without tiktoken's cache of them
+            fail(f"the model is in {hf_dir}, but GPT-2's tokenizer files are not: tiktoken has no cached copy "
+                 f"of {GPT2_URL}encoder.json and vocab.bpe ({oneline(e)}); set TIKTOKEN_CACHE_DIR to a folder "
+                 f"holding its gpt2 cache and rerun")
+        for name, data in files.items():
+            with open(os.path.join(hf_dir, name), 'wb') as f:
+                f.write(data)
+        # read back from those two files, it writes tokenizer.json and tokenizer_config.json beside them
+        GPT2Tokenizer.from_pretrained(hf_dir, model_max_length=model.config.block_size).save_pretrained(hf_dir)
+    from transformers import AutoModelForCausalLM
+    loaded = AutoModelForCausalLM.from_pretrained(hf_dir).eval()
+    x = torch.randint(n_vocab, (2, min(64, model.config.block_size)), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        diff = (loaded(x).logits - model(x, x)[0][..., :n_vocab]).abs().max().item()
+    print(f"wrote {hf_dir}: {', '.join(sorted(os.listdir(hf_dir)))}; read back by transformers, its logits are "
+          f"within {diff:.1e} of ours")
+    if diff > 1e-4:
+        fail(f"the export's logits differ from ours by {diff:.2e}; please report this as a bug")

@@ -1,0 +1,128 @@
+"""export.py: Hugging Face transformers folders and weights-only files, read back by transformers,
+train.py and sample.py. Offline: tiny models, and a tiny random GPT-2 from transformers.
+Run: python -m pytest -q tests/test_export.py"""
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+import torch
+
+import checkpoint
+from conftest import TINY, assert_one_line_error, needs_gpt2_bpe
+from model import GPT
+
+transformers = pytest.importorskip('transformers')
+
+
+def write_bpe_dataset(folder):
+    """Random GPT-2 token ids, with the meta.json that BPE prepare scripts write."""
+    folder.mkdir(parents=True)
+    ids = np.random.default_rng(0).integers(0, 50257, 2000).astype(np.uint16)
+    ids[:1800].tofile(folder / 'train.bin')
+    ids[1800:].tofile(folder / 'val.bin')
+    (folder / 'meta.json').write_text(json.dumps({'vocab_size': 50257, 'encoding': 'gpt2'}))
+    return folder
+
+
+def ours(out_dir):
+    ckpt = torch.load(os.path.join(out_dir, 'ckpt.pt'), weights_only=True)
+    return checkpoint.build_model(ckpt, 'ckpt.pt').eval()
+
+
+def max_logit_difference(model, hf_dir, vocab_size):
+    """transformers' logits for the exported folder against ours, on random tokens, in float32."""
+    hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir).eval()
+    x = torch.randint(vocab_size, (2, 32), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert hf.config.vocab_size == vocab_size and hf(x).logits.shape == (2, 32, vocab_size)
+        return (hf(x).logits - model(x, x)[0][..., :vocab_size]).abs().max().item()
+
+
+@pytest.mark.parametrize('bias', [False, True])
+def test_char_model_exports_round_trip(tiny_data, tmp_path, script, bias):
+    out, hf_dir = tmp_path / 'out', tmp_path / 'hf'
+    trained = script('train.py', *TINY, f'--dataset={tiny_data}', f'--out_dir={out}', '--max_iters=3', f'--bias={bias}')
+    p = script('export.py', f'--out_dir={out}', f'--hf_dir={hf_dir}', f'--weights={tmp_path / "small.pt"}')
+    model, n = ours(out), 33
+    assert max_logit_difference(model, hf_dir, n) < 1e-5
+    assert re.search(r'its logits are within [\d.e-]+ of ours', p.out)
+    meta = json.loads((hf_dir / 'meta.json').read_text())
+    assert meta['vocab_size'] == n and meta['chars'] == json.loads((tiny_data / 'meta.json').read_text())['chars']
+    assert {'config.json', 'model.safetensors', 'meta.json'} <= set(os.listdir(hf_dir))
+    # --init_from reads the export back: the same logits (zero biases where bias=False had none), and
+    # train.py evaluates it to the same losses as the run that wrote it
+    again = GPT.from_pretrained(str(hf_dir)).eval()
+    x = torch.randint(n, (2, 32))
+    torch.testing.assert_close(again(x, x)[0], model(x, x)[0], atol=1e-5, rtol=0)
+    p = script('train.py', *TINY, f'--dataset={tiny_data}', f'--out_dir={tmp_path / "again"}', f'--init_from={hf_dir}',
+               '--eval_only=True')
+    assert re.search(r'^step 0: (.*)$', p.out, re.M)[1] == re.search(r'^step 3: (.*)$', trained.out, re.M)[1]
+    # the weights-only file: a third of ckpt.pt, and sample.py reads it as --init_from
+    small = torch.load(tmp_path / 'small.pt', weights_only=True)
+    assert 'optimizer' not in small and small['tokenizer']['chars'] == meta['chars']
+    assert (tmp_path / 'small.pt').stat().st_size < 0.5 * (out / 'ckpt.pt').stat().st_size
+    a = script('sample.py', f'--init_from={tmp_path / "small.pt"}', '--device=cpu', '--num_samples=1',
+               '--max_new_tokens=20', '--start=All:')
+    b = script('sample.py', f'--init_from={hf_dir}', '--device=cpu', '--num_samples=1', '--max_new_tokens=20',
+               '--start=All:')
+    c = script('sample.py', f'--out_dir={out}', '--device=cpu', '--num_samples=1', '--max_new_tokens=20',
+               '--start=All:')
+    assert a.out == c.out and b.out.startswith('All:') and len(b.out.split('\n---')[0]) == 24
+
+
+@needs_gpt2_bpe
+def test_bpe_models_export_with_gpt2_tokenizer_files(tmp_path, script):
+    """A fine-tune of a tiny random local GPT-2 (vocabulary 50257, biases) and a BPE model from scratch
+    (the padded 50304, no biases): both load in transformers with GPT-2's tokenizer."""
+    import tiktoken
+    data = write_bpe_dataset(tmp_path / 'bpe')
+    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64))
+    gpt2.save_pretrained(tmp_path / 'tiny-gpt2')
+    for init, name in ((str(tmp_path / 'tiny-gpt2'), 'finetuned'), ('scratch', 'scratch')):
+        out, hf_dir = tmp_path / name, tmp_path / f'hf-{name}'
+        script('train.py', *TINY, f'--dataset={data}', f'--out_dir={out}', f'--init_from={init}', '--max_iters=1')
+        script('export.py', f'--out_dir={out}', f'--hf_dir={hf_dir}')
+        model = ours(out)
+        assert model.config.vocab_size == (50257 if name == 'finetuned' else 50304)
+        assert max_logit_difference(model, hf_dir, 50257) < 1e-5  # the 47 padding rows are cut
+        text = "Hello, world!  Über ✓ <|endoftext|> 12345\n"
+        tok = transformers.AutoTokenizer.from_pretrained(hf_dir)
+        assert tok(text)['input_ids'] == tiktoken.get_encoding('gpt2').encode(text, allowed_special='all')
+        assert tok.model_max_length == 32
+    p = script('sample.py', f'--init_from={tmp_path / "hf-scratch"}', '--device=cpu', '--num_samples=1',
+               '--max_new_tokens=5', '--start=Hello')
+    assert p.out.startswith('Hello')
+
+
+def test_offline_without_tiktoken_files_says_what_is_missing(tmp_path, script, monkeypatch):
+    data = write_bpe_dataset(tmp_path / 'bpe')
+    script('train.py', *TINY, f'--dataset={data}', f'--out_dir={tmp_path / "out"}', '--max_iters=1')
+    monkeypatch.setenv('TIKTOKEN_CACHE_DIR', str(tmp_path / 'empty-cache'))  # and no network
+    import tiktoken.load
+    monkeypatch.setattr(tiktoken.load, 'read_file', lambda path: (_ for _ in ()).throw(ConnectionError('offline')))
+    p = script('export.py', f'--out_dir={tmp_path / "out"}', f'--hf_dir={tmp_path / "hf"}', check=False)
+    assert_one_line_error(p, f"the model is in {tmp_path / 'hf'}, but GPT-2's tokenizer files are not: tiktoken has "
+                             f"no cached copy of https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/"
+                             f"encoder.json and vocab.bpe (ConnectionError: offline); set TIKTOKEN_CACHE_DIR")
+
+
+def test_export_mistakes_are_one_line(tmp_path, script):
+    assert_one_line_error(script('export.py', f'--out_dir={tmp_path}', check=False), 'nothing to export to')
+    p = script('export.py', f'--out_dir={tmp_path}', '--weights=model.bin', check=False)
+    assert_one_line_error(p, '--weights=model.bin: give a file name ending in .pt')
+    p = script('export.py', f'--out_dir={tmp_path / "nowhere"}', f'--hf_dir={tmp_path / "hf"}', check=False)
+    assert_one_line_error(p, f"no checkpoint {tmp_path / 'nowhere' / 'ckpt.pt'}; train one first")
+
+
+def test_an_export_fine_tuned_on_another_vocabulary_is_refused(tiny_data, char_dataset, tmp_path, script):
+    """The checkpoint's vocabulary and the dataset's must agree, also when fine-tuning from an export."""
+    script('train.py', *TINY, f'--dataset={tiny_data}', f'--out_dir={tmp_path / "out"}', '--max_iters=1')
+    script('export.py', f'--out_dir={tmp_path / "out"}', f'--hf_dir={tmp_path / "hf"}')
+    meta = json.loads((char_dataset / 'meta.json').read_text())
+    meta['chars'][0], meta['chars'][1] = meta['chars'][1], meta['chars'][0]  # the same characters, other ids
+    (char_dataset / 'meta.json').write_text(json.dumps(meta))
+    p = script('train.py', *TINY, f'--dataset={char_dataset}', f'--out_dir={tmp_path / "ft"}',
+               f'--init_from={tmp_path / "hf"}', check=False)
+    assert_one_line_error(p, "the model's vocabulary (33 characters) is not the dataset's (33 characters in")
