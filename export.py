@@ -6,7 +6,8 @@
 --hf_dir writes what transformers.AutoModelForCausalLM.from_pretrained loads as a GPT-2: config.json and
 model.safetensors (float32, by transformers' save_pretrained), meta.json (the vocabulary, as datasets and
 checkpoints hold it: {"chars": [...]} for a character model, whose token i is chars[i], or {"encoding":
-"gpt2"}), and for a GPT-2 BPE model GPT-2's tokenizer files, made from tiktoken's cache without a download.
+"gpt2"}), and tokenizer files that AutoTokenizer reads: one of single characters for a character model,
+GPT-2's for a BPE one, made from tiktoken's cache without a download.
 A padded vocabulary (50304) is cut to GPT-2's 50257: the 47 padding rows are never a token, and no other
 token's logit depends on them. The folder is read back and its logits compared with ours. train.py and
 sample.py take it as --init_from.
@@ -33,12 +34,16 @@ configure(globals())
 GPT2_FILES = {'vocab.json': ('encoder.json', '196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783'),
               'merges.txt': ('vocab.bpe', '1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5')}
 GPT2_URL = 'https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/'
+TOKENIZER_FILES = ('vocab.json', 'merges.txt', 'tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json')
 
 if not hf_dir and not weights:
     fail("nothing to export to: give --hf_dir=FOLDER (Hugging Face transformers) and/or --weights=FILE.pt")
 if weights and not weights.endswith('.pt'):
     fail(f"--weights={weights}: give a file name ending in .pt (sample.py reads it as --init_from=FILE.pt)")
 ckpt_path = os.path.join(out_dir, checkpoint.CKPT)
+if weights and os.path.abspath(weights) in (os.path.abspath(ckpt_path), os.path.join(os.path.abspath(out_dir),
+                                                                                      checkpoint.INTERRUPTED)):
+    fail(f"--weights={weights} would overwrite the training checkpoint; give another file name")
 if not os.path.isfile(ckpt_path):
     fail(f"no checkpoint {ckpt_path}; train one first, or point --out_dir at the folder that holds it")
 ckpt, _ = checkpoint.load(ckpt_path, checkpoint.FOR_SAMPLING)
@@ -54,13 +59,21 @@ if weights:
 
 if hf_dir:
     make_dir(hf_dir, 'hf_dir')
+    checkpoint.remove(hf_dir, *TOKENIZER_FILES)  # an earlier export's, which would outlive this one's
     chars = vocab.get('chars')
     n_vocab = len(chars) if chars else runtime.GPT2_VOCAB
     eot = None if chars else runtime.GPT2_VOCAB - 1  # <|endoftext|> starts and ends GPT-2's texts
     model.to_hf(n_vocab, bos_token_id=eot, eos_token_id=eot).save_pretrained(hf_dir)
     with open(os.path.join(hf_dir, 'meta.json'), 'w', encoding='utf-8') as f:
         json.dump({'vocab_size': n_vocab, **vocab}, f, ensure_ascii=False)
-    if not chars:
+    if chars:  # a tokenizer of single characters, so AutoTokenizer reads the folder too
+        from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+        from transformers import PreTrainedTokenizerFast
+        tok = Tokenizer(models.WordLevel({c: i for i, c in enumerate(chars)}, unk_token=None))
+        tok.pre_tokenizer = pre_tokenizers.Split(Regex(r'[\s\S]'), 'isolated')  # every character alone
+        tok.decoder = decoders.Fuse()
+        PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=model.config.block_size).save_pretrained(hf_dir)
+    else:
         from tiktoken.load import read_file_cached
         from transformers import GPT2Tokenizer
         try:

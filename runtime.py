@@ -151,7 +151,7 @@ def split_tokens(data_dir, split, block_size):
     """The number of tokens in data_dir/split.bin, which must hold one window of block_size + 1."""
     path = os.path.join(data_dir, f'{split}.bin')
     if not os.path.isfile(path):
-        hint = (f"run  python {os.path.relpath(os.path.join(data_dir, 'prepare.py'))}"
+        hint = (f"run  python {os.path.relpath(os.path.join(data_dir, 'prepare.py'))}  (or train with --prepare=True)"
                 if os.path.isfile(os.path.join(data_dir, 'prepare.py')) else "prepare it first")
         fail(f"{path} not found: {hint}")
     n = os.path.getsize(path) // 2  # uint16 tokens
@@ -186,9 +186,12 @@ def read_vocab(folder):
             with open(path, encoding='utf-8') as f:
                 meta = json.load(f)
             vocab = {'chars': meta['chars']} if 'chars' in meta else {'encoding': meta['encoding']}
-            chars = vocab.get('chars', [])
-            if not all(isinstance(c, str) and len(c) == 1 for c in chars) or len(set(chars)) < len(chars):
+            chars = vocab.get('chars')
+            if chars is not None and not (isinstance(chars, list) and chars and len(set(chars)) == len(chars)
+                                          and all(isinstance(c, str) and len(c) == 1 for c in chars)):
                 raise ValueError("'chars' must list distinct single characters")
+            if chars is None and vocab['encoding'] != 'gpt2':
+                raise ValueError(f"encoding {vocab['encoding']!r}: only 'gpt2' is known")
             return vocab
         path = os.path.join(folder, 'meta.pkl')
         if not os.path.isfile(path):
@@ -280,13 +283,14 @@ class Tokenizer:
 
 
 @torch.no_grad()
-def sample_text(model, vocab, n, ctx):
-    """n tokens from the model after a newline (BPE: after <|endoftext|>), leaving the random state of
-    training as it was: a run with samples trains exactly as one without."""
+def sample_text(model, vocab, n, ctx, seed):
+    """n tokens from the model after a newline (BPE: after <|endoftext|>), drawn from seed (the iteration),
+    leaving the random state of training as it was: a run with samples trains exactly as one without."""
     tokenizer = Tokenizer(vocab)
     start = tokenizer.stoi.get('\n', 0) if 'chars' in tokenizer.vocab else tokenizer.enc.eot_token
     device = model.lm_head.weight.device
     with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []), ctx:
+        torch.manual_seed(seed)
         model.eval()
         out = model.generate(torch.tensor([[start]], device=device), n, temperature=0.8, top_k=200)
         model.train()

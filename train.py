@@ -78,7 +78,7 @@ seed = 1337                  # the same seed and settings give the same losses (
 peak_flops = 0.0             # device peak FLOP/s for MFU; 0 looks the GPU up in runtime.PEAK_FLOPS
 _positive = ('batch_size', 'block_size', 'gradient_accumulation_steps', 'eval_interval', 'eval_iters',
              'log_interval', 'n_layer', 'n_head', 'n_embd')
-_non_negative = ('max_iters', 'grad_clip', 'peak_flops', 'warmup_iters', 'lr_decay_iters')
+_non_negative = ('max_iters', 'grad_clip', 'peak_flops', 'warmup_iters', 'lr_decay_iters', 'sample_tokens')
 # -----------------------------------------------------------------------------
 config, given = configure(globals())  # config files, then --key=value: every final value, and those given
 # -----------------------------------------------------------------------------
@@ -108,7 +108,7 @@ if master_process:
 # prepare: for cheap datasets, and not under DDP, whose processes would all prepare at once
 data_dir = runtime.dataset_dir(dataset, prepare=prepare and not ddp, prepare_input=prepare_input)
 config['dataset'] = data_dir if os.path.isdir(dataset) else dataset  # a folder absolute: sample.py finds it anywhere
-data_vocab = runtime.read_vocab(data_dir)  # {'chars': [...]}, {'encoding': 'gpt2'}, or None: GPT-2 BPE
+data_vocab = runtime.read_vocab(data_dir) or runtime.GPT2  # {'chars': [...]}; no meta.json: GPT-2 BPE
 n_tokens = {split: runtime.split_tokens(data_dir, split, block_size) for split in ('train', 'val')}
 batch_gen = torch.Generator().manual_seed(seed + rank)  # training batches: a stream of their own, checkpointed
 eval_gen = torch.Generator().manual_seed(seed)  # evaluation sees the same windows every time
@@ -127,7 +127,7 @@ def next_train_ix():
 # model init ---------------------------------------------------------------------
 iter_num, best_val_loss, model_vocab = 0, float('inf'), None  # model_vocab: what its weights were trained on
 if init_from == 'scratch':
-    chars = (data_vocab or {}).get('chars')
+    chars = data_vocab.get('chars')
     try:
         model = GPT(GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,
                               vocab_size=len(chars) if chars else 50304, dropout=dropout))  # 50257 padded
@@ -148,7 +148,8 @@ elif init_from.startswith('gpt2') or os.path.isdir(init_from):
     if block_size < model.config.block_size:
         model.crop_block_size(block_size)  # e.g. finetune with a shorter context than GPT-2's 1024
 else:
-    fail(f"init_from={init_from!r}: use 'scratch', 'resume', a gpt2* name or a Hugging Face model directory")
+    fail(f"init_from={init_from!r}: use 'scratch', 'resume', a gpt2* name or a Hugging Face model directory"
+         + (" (a .pt file from export.py is for sample.py)" if init_from.endswith('.pt') else ""))
 vocab = runtime.check_vocab(model.config.vocab_size, model_vocab, runtime.vocab_file(data_dir), data_vocab)
 config.update({k: getattr(model.config, k) for k in checkpoint.SHAPE})  # the weights decide the shape
 model.to(device)
@@ -223,8 +224,7 @@ if wandb_log and master_process:
     wandb_run_id = wandb.init(project=wandb_project, name=wandb_run_name, config=config, id=wandb_run_id,
                               resume='allow').id
 evaluated_iter = ckpt['iter_num'] if ckpt and ckpt['evaluated'] and not eval_only else None
-ckpt = None  # free the loaded tensors before training
-saves = 0
+ckpt, saves = None, 0  # free the loaded tensors before training; saves: checkpoints this run has written
 
 
 def save(name, evaluated):
@@ -260,7 +260,8 @@ while True:
         if losses:
             runtime.log(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
             if sample_tokens and master_process:
-                runtime.log(f"sample {iter_num}: {runtime.sample_text(raw_model, vocab, sample_tokens, ctx)!r}")
+                text = runtime.sample_text(raw_model, vocab, sample_tokens, ctx, seed=iter_num)
+                runtime.log(f"sample {iter_num}: {text!r}")
             if not math.isfinite(losses['val']):
                 fail(f"val loss is {losses['val']} at iter {iter_num}; the checkpoint was left as it was")
             if wandb_log and master_process:

@@ -43,6 +43,8 @@ def max_logit_difference(model, hf_dir, vocab_size):
 @pytest.mark.parametrize('bias', [False, True])
 def test_char_model_exports_round_trip(tiny_data, tmp_path, script, bias):
     out, hf_dir = tmp_path / 'out', tmp_path / 'hf'
+    hf_dir.mkdir()
+    (hf_dir / 'merges.txt').write_text('#version: 0.2\n')  # regression: an earlier BPE export's files stayed
     trained = script('train.py', *TINY, f'--dataset={tiny_data}', f'--out_dir={out}', '--max_iters=3', f'--bias={bias}')
     p = script('export.py', f'--out_dir={out}', f'--hf_dir={hf_dir}', f'--weights={tmp_path / "small.pt"}')
     model, n = ours(out), 33
@@ -50,7 +52,13 @@ def test_char_model_exports_round_trip(tiny_data, tmp_path, script, bias):
     assert re.search(r'its logits are within [\d.e-]+ of ours', p.out)
     meta = json.loads((hf_dir / 'meta.json').read_text())
     assert meta['vocab_size'] == n and meta['chars'] == json.loads((tiny_data / 'meta.json').read_text())['chars']
-    assert {'config.json', 'model.safetensors', 'meta.json'} <= set(os.listdir(hf_dir))
+    assert {'config.json', 'model.safetensors', 'meta.json', 'tokenizer.json'} <= set(os.listdir(hf_dir))
+    assert 'merges.txt' not in os.listdir(hf_dir)
+    # regression: AutoTokenizer read a character export as an empty GPT-2 tokenizer
+    tok = transformers.AutoTokenizer.from_pretrained(hf_dir)
+    text = 'First Citizen:\nAll: speak.'
+    ids = tok(text)['input_ids']
+    assert ids == [meta['chars'].index(c) for c in text] and tok.decode(ids) == text
     # --init_from reads the export back: the same logits (zero biases where bias=False had none), and
     # train.py evaluates it to the same losses as the run that wrote it
     again = GPT.from_pretrained(str(hf_dir)).eval()
@@ -114,6 +122,9 @@ def test_export_mistakes_are_one_line(tmp_path, script):
     assert_one_line_error(p, '--weights=model.bin: give a file name ending in .pt')
     p = script('export.py', f'--out_dir={tmp_path / "nowhere"}', f'--hf_dir={tmp_path / "hf"}', check=False)
     assert_one_line_error(p, f"no checkpoint {tmp_path / 'nowhere' / 'ckpt.pt'}; train one first")
+    # regression: this replaced the training checkpoint with a weights-only one, which cannot resume
+    p = script('export.py', f'--out_dir={tmp_path}', f'--weights={tmp_path / "ckpt.pt"}', check=False)
+    assert_one_line_error(p, f"--weights={tmp_path / 'ckpt.pt'} would overwrite the training checkpoint")
 
 
 def test_an_export_fine_tuned_on_another_vocabulary_is_refused(tiny_data, char_dataset, tmp_path, script):
@@ -126,3 +137,8 @@ def test_an_export_fine_tuned_on_another_vocabulary_is_refused(tiny_data, char_d
     p = script('train.py', *TINY, f'--dataset={char_dataset}', f'--out_dir={tmp_path / "ft"}',
                f'--init_from={tmp_path / "hf"}', check=False)
     assert_one_line_error(p, "the model's vocabulary (33 characters) is not the dataset's (33 characters in")
+    # regression: on a folder without meta.json (GPT-2 BPE, as nanoGPT's) it went on to an IndexError
+    os.remove(char_dataset / 'meta.json')
+    p = script('train.py', *TINY, f'--dataset={char_dataset}', f'--out_dir={tmp_path / "ft2"}',
+               f'--init_from={tmp_path / "hf"}', check=False)
+    assert_one_line_error(p, "the model's vocabulary (33 characters) is not the dataset's (the gpt2 BPE in")

@@ -1,5 +1,7 @@
 """runtime.py and checkpoint.py, the plumbing the scripts share: device and precision rules, peak FLOPs,
 checkpoint files. Run: python -m pytest -q tests/test_plumbing.py"""
+import json
+
 import pytest
 import torch
 
@@ -111,3 +113,17 @@ def test_load_refuses_what_is_not_a_checkpoint_of_this_code(tmp_path, capsys):
     torch.save(dict(tiny_checkpoint(), model_args={'n_layer': 1, 'n_heads': 2}), path)
     with pytest.raises(SystemExit, match=r"does not match this model.py: TypeError: .*keyword argument 'n_heads'"):
         checkpoint.load(path)
+
+
+@pytest.mark.parametrize('meta, message', [
+    ({'chars': 'abc'}, "'chars' must list distinct single characters"),
+    ({'chars': []}, "'chars' must list distinct single characters"),
+    ({'chars': ['a', 'a']}, "'chars' must list distinct single characters"),
+    ({'encoding': 'cl100k_base'}, "encoding 'cl100k_base': only 'gpt2' is known"),
+    ({'vocab_size': 3}, "KeyError: 'encoding'"),
+])
+def test_a_bad_meta_json_is_one_line(tmp_path, meta, message):
+    """Regression: a string of characters, an empty list or an unknown encoding passed, and failed later."""
+    (tmp_path / 'meta.json').write_text(json.dumps(meta))
+    with pytest.raises(SystemExit, match=f"cannot read a vocabulary from {tmp_path / 'meta.json'} .*{message}"):
+        runtime.read_vocab(str(tmp_path))

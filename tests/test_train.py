@@ -345,6 +345,7 @@ def test_a_fresh_start_does_not_overwrite_a_checkpoint(trained, trained_copy, tr
     # regressions: a negative grad_clip turned clipping off, a negative peak_flops gave a negative MFU
     (['--grad_clip=-1'], 'grad_clip=-1.0 must be >= 0'),
     (['--peak_flops=-1'], 'peak_flops=-1.0 must be >= 0'),
+    (['--sample_tokens=-3'], 'sample_tokens=-3 must be >= 0'),
     # regression: a dataset that does not exist was sent to 'python data/nosuch/prepare.py', which neither does
     (['--dataset=nosuch'], "no dataset 'nosuch': data/ has openwebtext, shakespeare, shakespeare_char; or give"),
 ])
@@ -360,7 +361,8 @@ def test_missing_dataset_files_and_unwritable_out_dir(tmp_path, train, script):
     (tmp_path / 'unprepared' / 'prepare.py').write_text('')
     p = train(tmp_path / 'unprepared', tmp_path / 'out', check=False)
     assert_one_line_error(p, f"{tmp_path / 'unprepared' / 'train.bin'} not found: run  python ")
-    assert p.err.strip().endswith(f"{os.path.relpath(tmp_path / 'unprepared' / 'prepare.py')}")
+    assert p.err.strip().endswith(f"{os.path.relpath(tmp_path / 'unprepared' / 'prepare.py')}  (or train with "
+                                  f"--prepare=True)")
     # regression: a folder path that does not exist was sent to 'python data//tmp/.../prepare.py'
     p = script('train.py', *TINY, f'--dataset={tmp_path / "nowhere"}', check=False)
     assert_one_line_error(p, f"dataset='{tmp_path / 'nowhere'}' is not a folder; give a folder holding")
