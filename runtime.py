@@ -176,13 +176,22 @@ def windows(data_dir, split, ix, block_size, device):
 GPT2 = {'encoding': 'gpt2'}  # the tokenizer of GPT-2's weights and of the BPE datasets
 
 
+def vocab_file(folder):
+    """The file read_vocab reads in folder: meta.json, else a legacy meta.pkl; meta.json if neither is there."""
+    legacy = os.path.join(folder, 'meta.pkl')
+    return legacy if os.path.isfile(legacy) and not os.path.isfile(os.path.join(folder, 'meta.json')) else \
+        os.path.join(folder, 'meta.json')
+
+
 def read_vocab(folder):
     """The vocabulary of a dataset folder (or of an export) as checkpoints store it: {'chars': [...]}
     (token i is chars[i]) or {'encoding': 'gpt2'}, from its meta.json. A legacy meta.pkl is read only when
     there is no meta.json, with a warning; None when it has neither (nanoGPT's BPE datasets)."""
-    path = os.path.join(folder, 'meta.json')
+    path = vocab_file(folder)
+    if not os.path.isfile(path):
+        return None
     try:
-        if os.path.isfile(path):
+        if path.endswith('.json'):
             with open(path, encoding='utf-8') as f:
                 meta = json.load(f)
             vocab = {'chars': meta['chars']} if 'chars' in meta else {'encoding': meta['encoding']}
@@ -193,9 +202,6 @@ def read_vocab(folder):
             if chars is None and vocab['encoding'] != 'gpt2':
                 raise ValueError(f"encoding {vocab['encoding']!r}: only 'gpt2' is known")
             return vocab
-        path = os.path.join(folder, 'meta.pkl')
-        if not os.path.isfile(path):
-            return None
         if int(os.environ.get('RANK', '0')) == 0:
             print(f"warning: {path} is a pickle, which runs any code it holds; rerun the dataset's prepare.py "
                   f"to write meta.json instead", file=sys.stderr)
@@ -204,13 +210,6 @@ def read_vocab(folder):
         return {'chars': [meta['itos'][i] for i in range(meta['vocab_size'])]}
     except Exception as e:  # truncated, not JSON (or not a pickle), or without the vocabulary
         fail(f"cannot read a vocabulary from {path} ({oneline(e)}); rerun the dataset's prepare.py")
-
-
-def vocab_file(folder):
-    """The file read_vocab reads in folder: meta.json, else a legacy meta.pkl; meta.json if neither is there."""
-    legacy = os.path.join(folder, 'meta.pkl')
-    return legacy if os.path.isfile(legacy) and not os.path.isfile(os.path.join(folder, 'meta.json')) else \
-        os.path.join(folder, 'meta.json')
 
 
 def checkpoint_vocab(ckpt, path):
