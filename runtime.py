@@ -16,6 +16,7 @@ import torch.distributed as dist
 
 import checkpoint
 from configurator import drop_stdout, fail, oneline
+from model import GPT
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 GPT2_VOCAB = 50257
@@ -224,6 +225,33 @@ def checkpoint_vocab(ckpt, path):
     return read_vocab(data_dir), vocab_file(data_dir)
 
 
+def load_model(init_from, out_dir):
+    """The model sample.py and eval.py read -> (model in eval mode on the CPU, its vocabulary or None, where
+    that is, its checkpoint or None): out_dir/ckpt.pt ('resume'), a .pt file (export.py --weights), a
+    GPT-2 name or a Hugging Face folder."""
+    if init_from == 'resume' or init_from.endswith('.pt'):
+        path = os.path.join(out_dir, checkpoint.CKPT) if init_from == 'resume' else init_from
+        if os.path.isdir(path):
+            fail(f"{path} is a folder, not a checkpoint file")
+        if not os.path.isfile(path):
+            folder = os.path.dirname(path) or '.'
+            there = (f"{folder} does not exist" if not os.path.isdir(folder) else
+                     f"{folder} holds: {', '.join(sorted(os.listdir(folder))[:8]) or 'nothing'}")
+            fail(f"no checkpoint {path} ({there}); train one first, e.g. python train.py "
+                 f"config/train_shakespeare_char.py --out_dir={out_dir}")
+        ckpt, _ = checkpoint.load(path, checkpoint.FOR_SAMPLING)
+        model = checkpoint.build_model(ckpt, path, dropout=0.0)
+        return model.eval(), *checkpoint_vocab(ckpt, path), ckpt
+    if not init_from.startswith('gpt2') and not os.path.isdir(init_from):
+        fail(f"init_from={init_from!r} is not 'resume', a .pt file, a gpt2* name or an existing directory")
+    try:
+        model = GPT.from_pretrained(init_from, dict(dropout=0.0))
+    except ValueError as e:
+        fail(e)
+    vocab = read_vocab(init_from) if os.path.isdir(init_from) else None  # an export holds its own
+    return model.eval(), vocab, os.path.join(init_from, 'meta.json'), None
+
+
 def _describe(vocab):
     return f"{len(vocab['chars'])} characters" if 'chars' in vocab else f"the {vocab['encoding']} BPE"
 
@@ -276,6 +304,15 @@ class Tokenizer:
         if 'chars' in self.vocab:
             return self.chars[i].encode() if i < len(self.chars) else '\ufffd'.encode()
         return self.enc.decode_single_token_bytes(i) if i < self.enc.n_vocab else '\ufffd'.encode()
+
+    def byte_lengths(self, n):
+        """The UTF-8 bytes of the text that each of tokens 0 .. n-1 writes: 0 for special tokens
+        (<|endoftext|>) and for the padding ids past the vocabulary."""
+        if 'chars' in self.vocab:
+            return [len(c.encode()) for c in self.chars] + [0] * (n - len(self.chars))
+        special = {self.enc.encode_single_token(t) for t in self.enc.special_tokens_set}
+        return [0 if i in special or i >= self.enc.n_vocab else len(self.enc.decode_single_token_bytes(i))
+                for i in range(n)]
 
     def decode(self, ids):
         return b''.join(map(self.token_bytes, ids)).decode('utf-8', errors='replace')

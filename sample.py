@@ -11,17 +11,14 @@ In --start and --stop the escapes \n, \t and \\ stand for a newline, a tab and a
 backslash is kept as it is); a FILE: prompt is read verbatim.
 """
 import codecs
-import os
 import re
 import sys
 from contextlib import redirect_stdout
 
 import torch
 
-import checkpoint
 import runtime
 from configurator import configure, drop_stdout, fail, oneline
-from model import GPT
 
 # -----------------------------------------------------------------------------
 init_from = 'resume'  # 'resume' (out_dir/ckpt.pt), a .pt file, a GPT-2 name ('gpt2' ... 'gpt2-xl') or a HF folder
@@ -57,28 +54,7 @@ stop = unescape(stop)
 device, device_type, dtype, ctx = runtime.setup_device(device, dtype)
 
 # ----------------------------------------------------------------------------- model
-if init_from == 'resume' or init_from.endswith('.pt'):  # out_dir/ckpt.pt, or a checkpoint file (export.py)
-    ckpt_path = os.path.join(out_dir, checkpoint.CKPT) if init_from == 'resume' else init_from
-    if os.path.isdir(ckpt_path):
-        fail(f"{ckpt_path} is a folder, not a checkpoint file")
-    if not os.path.isfile(ckpt_path):
-        folder = os.path.dirname(ckpt_path) or '.'
-        there = (f"{folder} does not exist" if not os.path.isdir(folder) else
-                 f"{folder} holds: {', '.join(sorted(os.listdir(folder))[:8]) or 'nothing'}")
-        fail(f"no checkpoint {ckpt_path} ({there}); train one first, e.g. python train.py "
-             f"config/train_shakespeare_char.py --out_dir={out_dir}")
-    ckpt, _ = checkpoint.load(ckpt_path, checkpoint.FOR_SAMPLING)
-    model = checkpoint.build_model(ckpt, ckpt_path, dropout=0.0)
-    vocab, where = runtime.checkpoint_vocab(ckpt, ckpt_path)
-else:
-    if not init_from.startswith('gpt2') and not os.path.isdir(init_from):
-        fail(f"init_from={init_from!r} is not 'resume', a .pt file, a gpt2* name or an existing directory")
-    try:
-        model = GPT.from_pretrained(init_from, dict(dropout=0.0))
-    except ValueError as e:
-        fail(e)
-    vocab = runtime.read_vocab(init_from) if os.path.isdir(init_from) else None  # an export holds its own
-    where = os.path.join(init_from, 'meta.json')
+model, vocab, where, _ = runtime.load_model(init_from, out_dir)
 model.eval()
 model.to(device)
 if compile:

@@ -1,0 +1,77 @@
+"""Evaluate a model on figures that compare across runs, models and tokenizers (see tasks.py).
+
+    python eval.py --out_dir=out-shakespeare-char                 # the whole val split: loss, ppl, bits per byte
+    python eval.py --out_dir=out-shakespeare-char --task=val,train
+    python eval.py --init_from=gpt2 --task=hellaswag              # zero-shot HellaSwag (downloaded once)
+    python eval.py --init_from=gpt2 --dataset=openwebtext --task=val,hellaswag --json=True
+    torchrun --standalone --nproc_per_node=8 eval.py --init_from=gpt2-xl --task=hellaswag   # the work shared out
+
+Figures go to stdout, one line per task; --json=True adds one JSON object, keyed by task, as the last line.
+"""
+import os
+import sys
+from json import dumps
+
+import torch
+
+import runtime
+import tasks
+from configurator import configure, fail
+
+# -----------------------------------------------------------------------------
+init_from = 'resume'  # 'resume' (out_dir/ckpt.pt), a .pt file, a GPT-2 name ('gpt2' ... 'gpt2-xl') or a HF folder
+out_dir = 'out'       # where train.py wrote ckpt.pt
+task = 'val'          # a comma list of: val, train (the whole split's loss), hellaswag
+dataset = ''          # val/train: data/<dataset> or a folder with train.bin, val.bin; '' is the checkpoint's own
+stride = 0            # val/train: a window every this many tokens, counting only those past the previous
+                      # window (more context per token, more compute); 0 is block_size: no overlap
+hellaswag_path = ''   # a local hellaswag_val.jsonl; '' downloads it once into ~/.cache/nanogpt
+batch_size = 8        # sequences per forward pass (HellaSwag: 4 to an example)
+device = 'auto'       # 'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:1', 'mps'
+dtype = 'auto'        # 'auto' (bfloat16 on GPUs that have it, float32 on CPU), 'float32', 'bfloat16', 'float16'
+compile = False       # torch.compile the model (CUDA only): pays off on long evaluations
+backend = ''          # under torchrun: '' picks 'nccl' on CUDA, 'gloo' otherwise
+json = False          # also print one JSON object with every figure as the last line of stdout
+_positive = ('batch_size',)
+_non_negative = ('stride',)
+# -----------------------------------------------------------------------------
+configure(globals())
+# -----------------------------------------------------------------------------
+names = tasks.check_names(task)
+ddp, rank, local_rank, world_size = runtime.ranks()
+device, device_type, dtype, ctx = runtime.setup_device(device, dtype, local_rank if ddp else None)
+model, vocab, where, ckpt = runtime.load_model(init_from, out_dir)
+block_size = model.config.block_size
+if stride > block_size:
+    fail(f"stride={stride} is longer than the model's block_size of {block_size}: tokens would be skipped")
+data_dir, data_vocab = None, None
+if {'val', 'train'} & set(names):
+    trained_on = ckpt['config'].get('dataset') if ckpt and isinstance(ckpt.get('config'), dict) else None
+    if not (dataset or trained_on):
+        fail(f"--task={task} needs a dataset: give --dataset=NAME (data/NAME) or a folder with train.bin, val.bin")
+    data_dir = runtime.dataset_dir(dataset or trained_on)
+    data_vocab = runtime.read_vocab(data_dir) or runtime.GPT2
+    for split in {'val', 'train'} & set(names):
+        runtime.split_tokens(data_dir, split, block_size)  # there, and long enough: checked before any work
+where = runtime.vocab_file(data_dir) if data_dir else where  # a mismatch names the dataset file, as in train.py
+tokenizer = runtime.Tokenizer(runtime.check_vocab(model.config.vocab_size, vocab, where, data_vocab))
+if ddp:
+    runtime.init_distributed(backend, device_type)
+model.to(device)
+if runtime.use_compile(compile, device_type, rank == 0):
+    model = torch.compile(model)
+if rank == 0:
+    print(f"{init_from if init_from != 'resume' else os.path.join(out_dir, 'ckpt.pt')}: "
+          f"{model.get_num_params() / 1e6:.2f}M parameters, block_size {block_size}, on {device} in {dtype}"
+          + (f", {world_size} processes" if ddp else ""), file=sys.stderr)
+results = {}
+for name in names:
+    results.update(tasks.run([name], model, tokenizer, ctx, data_dir, batch_size, stride, hellaswag_path))
+    if rank == 0:
+        print(tasks.summary(name, results[name]), flush=True)
+if json and rank == 0:
+    print(dumps(results))
+if ddp:  # as train.py ends: gloo may abort in the interpreter's teardown once all is printed
+    torch.distributed.destroy_process_group()
+    sys.stdout.flush()
+    os._exit(0)

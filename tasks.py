@@ -1,0 +1,228 @@
+"""Evaluation tasks, run by eval.py and, with eval_tasks, by train.py at each evaluation. Each returns a dict
+of figures; under torchrun the processes share the work out and every one of them gets the same figures.
+
+    val, train  the loss over the whole split, each token predicted once: nats per token, perplexity, and
+                bits per byte (which compares models of different tokenizers)
+    hellaswag   zero-shot accuracy on HellaSwag's validation set: acc (lowest total loss of the ending)
+                and acc_norm (lowest mean loss per token of the ending)
+"""
+import json
+import math
+import os
+import urllib.request
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import runtime
+from configurator import fail, oneline
+
+NAMES = ('val', 'train', 'hellaswag')
+HELLASWAG_URL = 'https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl'
+CACHE = os.path.join(os.environ.get('XDG_CACHE_HOME') or os.path.expanduser('~/.cache'), 'nanogpt')
+
+
+def check_names(names, setting='task'):
+    """A comma list of task names -> [name, ...]; an unknown one fails."""
+    names = [n.strip() for n in names.split(',') if n.strip()]
+    unknown = [n for n in names if n not in NAMES]
+    if unknown or not names:
+        fail(f"{setting}={','.join(names)!r}: the tasks are {', '.join(NAMES)} (a comma list runs several)")
+    return names
+
+
+def _mine(n):
+    """The items of range(n) this process takes: every world_size-th one, from its rank."""
+    return range(dist.get_rank(), n, dist.get_world_size()) if dist.is_initialized() else range(n)
+
+
+def _gathered(rows):
+    """rows, of which each process filled its own (zeros elsewhere), summed over the processes: every one
+    then holds all of them exactly, as one process alone would."""
+    if dist.is_initialized():
+        dist.all_reduce(rows)
+    return rows
+
+
+def _bar(total, desc, progress):
+    return tqdm(total=total, desc=desc, disable=not progress or int(os.environ.get('RANK', '0')) != 0,
+                dynamic_ncols=True, leave=False)
+
+
+def token_losses(model, x, y, ctx):
+    """The cross-entropy of every target of y (B, T) in float32, 0 where the target is -1."""
+    with ctx:
+        logits, _ = model(x, y)
+    return F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-1,
+                           reduction='none').view(y.shape)
+
+
+# ----------------------------------------------------------------------------- the loss over a split
+def split_windows(n, block_size, stride):
+    """Windows of block_size inputs over a split of n tokens that predict each of its tokens but the first
+    exactly once -> [(start, first)]: inputs are tokens start .. start + block_size - 1, and targets count
+    from position first on. A window starts every stride tokens and counts the targets its predecessor did
+    not; the last one is moved back to end where the split ends, so every window is whole."""
+    assert 0 < stride <= block_size < n
+    windows, done, start = [], 0, 0  # done: the targets up to token done are counted
+    while done < n - 1:
+        end = min(start + block_size, n - 1)
+        windows.append((end - block_size, done - (end - block_size)))
+        done, start = end, start + stride
+    return windows
+
+
+@torch.no_grad()
+def split_loss(model, tokenizer, data_dir, split, ctx, batch_size=8, stride=0, progress=True):
+    """The model's loss over the whole of data_dir/split.bin -> {'loss' (nats/token), 'ppl', 'bpb', 'tokens'}.
+    stride 0 (block_size) gives non-overlapping windows; a smaller stride gives each token more context.
+    Bits per byte: the total loss in bits over the UTF-8 bytes of the tokens counted (special tokens such
+    as <|endoftext|> have none)."""
+    T, device = model.config.block_size, model.lm_head.weight.device
+    windows = split_windows(runtime.split_tokens(data_dir, split, T), T, stride or T)
+    nbytes = torch.tensor(tokenizer.byte_lengths(model.config.vocab_size), dtype=torch.float64, device=device)
+    sums = torch.zeros(len(windows), 3, dtype=torch.float64, device=device)  # nats, tokens, bytes
+    mine = _mine(len(windows))
+    with _bar(len(mine), f"{split} split", progress) as bar:
+        for i in range(0, len(mine), batch_size):
+            rows = list(mine[i:i + batch_size])
+            x, y = runtime.windows(data_dir, split, torch.tensor([windows[r][0] for r in rows]), T, str(device))
+            first = torch.tensor([windows[r][1] for r in rows], device=device)
+            counted = torch.arange(T, device=device) >= first[:, None]  # (B, T)
+            losses = token_losses(model, x, y.masked_fill(~counted, -1), ctx).double()
+            sums[rows] = torch.stack([losses.sum(1), counted.sum(1).double(), (nbytes[y] * counted).sum(1)], 1)
+            bar.update(len(rows))
+    nats, tokens, n_bytes = _gathered(sums).sum(0).tolist()
+    return {'loss': nats / tokens, 'ppl': math.exp(nats / tokens), 'bpb': nats / math.log(2) / n_bytes,
+            'tokens': int(tokens)}
+
+
+# ----------------------------------------------------------------------------- HellaSwag
+def hellaswag_file(path=''):
+    """path if given, else HellaSwag's validation jsonl, downloaded once into CACHE."""
+    if path:
+        if not os.path.isfile(path):
+            fail(f"hellaswag_path={path!r} is not a file; give a local copy of hellaswag_val.jsonl, or '' to "
+                 f"download it")
+        return path
+    cached = os.path.join(CACHE, 'hellaswag_val.jsonl')
+    if not os.path.isfile(cached):
+        tmp = f'{cached}.{os.getpid()}.tmp'  # each process its own: the rename makes the file whole at once
+        try:
+            os.makedirs(CACHE, exist_ok=True)
+            with urllib.request.urlopen(HELLASWAG_URL, timeout=60) as r, open(tmp, 'wb') as f, \
+                    _bar(int(r.headers.get('Content-Length') or 0), 'hellaswag download', True) as bar:
+                while chunk := r.read(1 << 20):
+                    bar.update(f.write(chunk))
+            os.replace(tmp, cached)
+        except OSError as e:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            fail(f"cannot download {HELLASWAG_URL} ({oneline(e)}); download it yourself and pass "
+                 f"--hellaswag_path=FILE")
+    return cached
+
+
+def read_hellaswag(path):
+    """A HellaSwag jsonl file -> [(ctx, [4 endings], label)]; a line that is not an example fails, named."""
+    try:
+        with open(path, encoding='utf-8') as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        fail(f"cannot read {path}: {oneline(e)}")
+    examples = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            ex = json.loads(line)
+            ctx, endings, label = ex['ctx'], ex['endings'], int(ex['label'])
+            if not (isinstance(ctx, str) and isinstance(endings, list) and len(endings) == 4
+                    and all(isinstance(e, str) for e in endings) and 0 <= label < 4):
+                raise ValueError("'ctx' must be text, 'endings' 4 texts and 'label' 0 to 3")
+        except (ValueError, KeyError, TypeError) as e:
+            why = f"it has no {e}" if isinstance(e, KeyError) else oneline(e)
+            fail(f"{path} line {i} is not a HellaSwag example ({why}); each line must be a JSON object "
+                 f"with 'ctx', 'endings' and 'label'")
+        examples.append((ctx, endings, label))
+    if not examples:
+        fail(f"{path} holds no HellaSwag examples")
+    return examples
+
+
+def hellaswag_tokens(tokenizer, examples, block_size, path='HellaSwag'):
+    """Each example -> (context tokens, [the tokens of ' ' + ending, for each ending]). An example the
+    vocabulary cannot write, or longer than the context, fails before any is evaluated."""
+    out = []
+    for i, (ctx, endings, _) in enumerate(examples):
+        what = f"{path} example {i + 1}"
+        tokenizer.encode(' '.join([ctx, *endings]), what)  # a character model names all it lacks at once
+        context, ends = tokenizer.encode(ctx, what), [tokenizer.encode(' ' + e, what) for e in endings]
+        longest = len(context) + max(map(len, ends)) - 1  # the last token is only a target
+        if longest > block_size:
+            fail(f"{what} needs a context of {longest} tokens, longer than the model's block_size of "
+                 f"{block_size}; evaluate a model with a longer context")
+        out.append((context, ends))
+    return out
+
+
+@torch.no_grad()
+def hellaswag_scores(model, encoded, ctx, batch_size=8, progress=True):
+    """The loss of each ending given its context -> (examples, 4, 2) float64: the total over the ending's
+    tokens and its mean per token. Each example is 4 rows (context + ending), batch_size // 4 examples to a
+    forward pass, padded at the end; the padding is not scored, and being causal the model cannot see it."""
+    device = model.lm_head.weight.device
+    per_batch = max(1, batch_size // 4)
+    scores = torch.zeros(len(encoded), 4, 2, dtype=torch.float64, device=device)
+    mine = _mine(len(encoded))
+    with _bar(len(mine), 'hellaswag', progress) as bar:
+        for i in range(0, len(mine), per_batch):
+            batch = list(mine[i:i + per_batch])
+            rows = [(encoded[b][0], end) for b in batch for end in encoded[b][1]]
+            width = max(len(c) + len(e) for c, e in rows) - 1
+            x = torch.zeros(len(rows), width, dtype=torch.long)
+            y = torch.full((len(rows), width), -1, dtype=torch.long)
+            for r, (c, e) in enumerate(rows):
+                seq = torch.tensor(c + e)
+                x[r, :len(seq) - 1] = seq[:-1]
+                y[r, len(c) - 1:len(seq) - 1] = seq[len(c):]  # only the ending's tokens are targets
+            losses = token_losses(model, x.to(device), y.to(device), ctx).double()
+            total, count = losses.sum(1), (y != -1).sum(1).to(device)
+            scores[batch] = torch.stack([total, total / count], 1).view(len(batch), 4, 2)
+            bar.update(len(batch))
+    return _gathered(scores)
+
+
+def hellaswag(model, tokenizer, ctx, batch_size=8, path='', progress=True):
+    """Zero-shot HellaSwag -> {'acc', 'acc_norm', 'n'}: acc picks the ending of lowest total loss,
+    acc_norm the lowest mean loss per token (build-nanogpt's convention; lm-evaluation-harness's acc_norm
+    divides by the ending's bytes instead)."""
+    path = hellaswag_file(path)
+    examples = read_hellaswag(path)
+    scores = hellaswag_scores(model, hellaswag_tokens(tokenizer, examples, model.config.block_size, path),
+                              ctx, batch_size, progress)
+    labels = torch.tensor([label for _, _, label in examples], device=scores.device)
+    acc, acc_norm = ((scores[:, :, k].argmin(1) == labels).double().mean().item() for k in (0, 1))
+    return {'acc': acc, 'acc_norm': acc_norm, 'n': len(examples)}
+
+
+def run(names, model, tokenizer, ctx, data_dir=None, batch_size=8, stride=0, hellaswag_path='', progress=True):
+    """Run the named tasks -> {name: figures}; the model is put in eval mode for them and left so."""
+    model.eval()
+    out = {}
+    for name in names:
+        if name == 'hellaswag':
+            out[name] = hellaswag(model, tokenizer, ctx, batch_size, hellaswag_path, progress)
+        else:
+            out[name] = split_loss(model, tokenizer, data_dir, name, ctx, batch_size, stride, progress)
+    return out
+
+
+def summary(name, figures):
+    """One line of a task's figures, as eval.py prints them."""
+    if name == 'hellaswag':
+        return f"hellaswag: acc {figures['acc']:.4f}, acc_norm {figures['acc_norm']:.4f} ({figures['n']} examples)"
+    return (f"{name}: loss {figures['loss']:.4f} nats/token, ppl {figures['ppl']:.3f}, bpb {figures['bpb']:.4f} "
+            f"({figures['tokens']:,} tokens)")
