@@ -7,6 +7,7 @@ A checkpoint is a dict of tensors and plain Python (torch.load's weights_only=Tr
     iter_num, best_val_loss, config (every setting of the run)
     scaler, rng       the GradScaler's state; every process's random state, so a resumed run goes on exactly
     wandb_run_id, evaluated (False when a stop saved it before its step's evaluation)
+    history           every figure the run logged: {name: (n, 2) float64 tensor of (step, value)} (metrics.py)
     checksum          sha256 of every tensor above, checked on loading
 out_dir/ckpt.pt is the run's checkpoint. With always_save_checkpoint=False it holds the best val loss, and
 a stop writes the state it stopped in to out_dir/interrupted.pt instead; resuming prefers that file.
@@ -27,7 +28,7 @@ FOR_RESUMING = FOR_SAMPLING + ('optimizer', 'iter_num', 'best_val_loss', 'config
 # keys that older checkpoints (and nanoGPT's) lack: what stands in for them, and what is lost without them
 LATER = {'tokenizer': (None, None), 'scaler': ({}, None),
          'rng': (None, "no random state: batches and dropout start from fresh seeds"),
-         'wandb_run_id': (None, None), 'evaluated': (True, None),
+         'wandb_run_id': (None, None), 'evaluated': (True, None), 'history': ({}, None),
          'checksum': (None, "no checksum: its tensors cannot be verified")}
 
 
@@ -158,6 +159,14 @@ def restore(ckpt, path, optimizer, scaler):
         group.update(mine)
     if scaler.is_enabled() and not ckpt['scaler']:  # saved by a run without float16, or an older one
         return "no GradScaler state in the checkpoint: it starts afresh"
+
+
+def resume_report(ckpt, path, config, notes):
+    """The log's lines on a resume: where from, the settings that differ from the checkpoint's run, notes."""
+    changed = [f"{k} {v!r} -> {config[k]!r}" for k, v in ckpt['config'].items()
+               if k in config and config[k] != v and k not in ('init_from', *SHAPE)]
+    return '\n'.join([f"resuming from {path} at iter {ckpt['iter_num']}" +
+                      (f"; changed: {', '.join(changed)}" if changed else "")] + [f"note: {n}" for n in notes if n])
 
 
 def rng_states(batch_state, device):

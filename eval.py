@@ -3,17 +3,22 @@
     python eval.py --out_dir=out-shakespeare-char                 # the whole val split: loss, ppl, bits per byte
     python eval.py --out_dir=out-shakespeare-char --task=val,train
     python eval.py --init_from=gpt2 --task=hellaswag              # zero-shot HellaSwag (downloaded once)
+    python eval.py --init_from=gpt2-large --task=wikitext --stride=512   # WikiText-2 perplexity
+    python eval.py --out_dir=out-shakespeare-char --task=history --png=curves.png   # the run's logged figures
     python eval.py --init_from=gpt2 --dataset=openwebtext --task=val,hellaswag --json=True
     torchrun --standalone --nproc_per_node=8 eval.py --init_from=gpt2-xl --task=hellaswag   # the work shared out
 
-Figures go to stdout, one line per task; --json=True adds one JSON object, keyed by task, as the last line.
+Figures go to stdout (everything else to stderr), one line per task (history: a table); --json=True adds one JSON object, keyed by task,
+as the last line.
 """
 import os
 import sys
+from contextlib import redirect_stdout
 from json import dumps
 
 import torch
 
+import metrics
 import runtime
 import tasks
 from configurator import configure, fail
@@ -21,11 +26,13 @@ from configurator import configure, fail
 # -----------------------------------------------------------------------------
 init_from = 'resume'  # 'resume' (out_dir/ckpt.pt), a .pt file, a GPT-2 name ('gpt2' ... 'gpt2-xl') or a HF folder
 out_dir = 'out'       # where train.py wrote ckpt.pt
-task = 'val'          # a comma list of: val, train (the whole split's loss), hellaswag
+task = 'val'          # a comma list of: val, train (the whole split's loss), hellaswag, wikitext, history
 dataset = ''          # val/train: data/<dataset> or a folder with train.bin, val.bin; '' is the checkpoint's own
 stride = 0            # val/train: a window every this many tokens, counting only those past the previous
                       # window (more context per token, more compute); 0 is block_size: no overlap
 hellaswag_path = ''   # a local hellaswag_val.jsonl; '' downloads it once into ~/.cache/nanogpt
+wikitext_path = ''    # a local text file instead of WikiText-2's raw test set (through datasets)
+png = ''              # history: also plot the loss curves into this PNG file (needs matplotlib)
 batch_size = 8        # sequences per forward pass (HellaSwag: 4 to an example)
 device = 'auto'       # 'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:1', 'mps'
 dtype = 'auto'        # 'auto' (bfloat16 on GPUs that have it, float32 on CPU), 'float32', 'bfloat16', 'float16'
@@ -35,9 +42,10 @@ json = False          # also print one JSON object with every figure as the last
 _positive = ('batch_size',)
 _non_negative = ('stride',)
 # -----------------------------------------------------------------------------
-configure(globals())
+with redirect_stdout(sys.stderr):  # the configurator's messages; stdout carries only the figures
+    configure(globals())
 # -----------------------------------------------------------------------------
-names = tasks.check_names(task)
+names = tasks.check_names(task, known=tasks.NAMES + ('history',))
 ddp, rank, local_rank, world_size = runtime.ranks()
 device, device_type, dtype, ctx = runtime.setup_device(device, dtype, local_rank if ddp else None)
 model, vocab, where, ckpt = runtime.load_model(init_from, out_dir)
@@ -66,7 +74,17 @@ if rank == 0:
           + (f", {world_size} processes" if ddp else ""), file=sys.stderr)
 results = {}
 for name in names:
-    results.update(tasks.run([name], model, tokenizer, ctx, data_dir, batch_size, stride, hellaswag_path))
+    if name == 'history':  # what the run logged, from its checkpoint
+        history = metrics.read_history(ckpt, os.path.join(out_dir, 'ckpt.pt') if init_from == 'resume' else init_from)
+        results[name] = {k: [list(p) for p in zip(*v)] for k, v in history.items()}  # [[step, value], ...]
+        if rank == 0:
+            print('\n'.join(metrics.history_lines(history)), flush=True)
+            if png:
+                metrics.plot_history(history, png, title=out_dir if init_from == "resume" else init_from)
+                print(f"wrote {png}", file=sys.stderr)
+        continue
+    results.update(tasks.run([name], model, tokenizer, ctx, data_dir, batch_size, stride, hellaswag_path,
+                             wikitext_path))
     if rank == 0:
         print(tasks.summary(name, results[name]), flush=True)
 if json and rank == 0:

@@ -165,7 +165,12 @@ def split_tokens(data_dir, split, block_size):
 def windows(data_dir, split, ix, block_size, device):
     """Windows of block_size + 1 tokens of split.bin starting at ix -> inputs x, targets y (len(ix), block_size)."""
     # a fresh memmap per batch: a long-lived one keeps every page it touched in memory
-    data = np.memmap(os.path.join(data_dir, f'{split}.bin'), dtype=np.uint16, mode='r')
+    return token_windows(np.memmap(os.path.join(data_dir, f'{split}.bin'), dtype=np.uint16, mode='r'), ix,
+                         block_size, device)
+
+
+def token_windows(data, ix, block_size, device):
+    """windows() of an array of token ids."""
     xy = torch.from_numpy(np.stack([data[i:i + block_size + 1] for i in ix.tolist()]).astype(np.int64))
     x, y = xy[:, :-1].contiguous(), xy[:, 1:].contiguous()
     if device.startswith('cuda'):  # pinned memory lets the copy overlap with the GPU's work

@@ -5,12 +5,14 @@ of figures; under torchrun the processes share the work out and every one of the
                 bits per byte (which compares models of different tokenizers)
     hellaswag   zero-shot accuracy on HellaSwag's validation set: acc (lowest total loss of the ending)
                 and acc_norm (lowest mean loss per token of the ending)
+    wikitext    perplexity on WikiText-2's raw test text, in the model's own tokenizer
 """
 import json
 import math
 import os
 import urllib.request
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -19,17 +21,16 @@ from tqdm import tqdm
 import runtime
 from configurator import fail, oneline
 
-NAMES = ('val', 'train', 'hellaswag')
+NAMES = ('val', 'train', 'hellaswag', 'wikitext')
 HELLASWAG_URL = 'https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl'
 CACHE = os.path.join(os.environ.get('XDG_CACHE_HOME') or os.path.expanduser('~/.cache'), 'nanogpt')
 
 
-def check_names(names, setting='task'):
+def check_names(names, setting='task', known=NAMES):
     """A comma list of task names -> [name, ...]; an unknown one fails."""
     names = [n.strip() for n in names.split(',') if n.strip()]
-    unknown = [n for n in names if n not in NAMES]
-    if unknown or not names:
-        fail(f"{setting}={','.join(names)!r}: the tasks are {', '.join(NAMES)} (a comma list runs several)")
+    if not names or set(names) - set(known):
+        fail(f"{setting}={','.join(names)!r}: the tasks are {', '.join(known)} (a comma list runs several)")
     return names
 
 
@@ -47,8 +48,9 @@ def _gathered(rows):
 
 
 def _bar(total, desc, progress):
-    return tqdm(total=total, desc=desc, disable=not progress or int(os.environ.get('RANK', '0')) != 0,
-                dynamic_ncols=True, leave=False)
+    """A progress bar on rank 0's terminal (none when stderr is a file or a pipe)."""
+    off = not progress or int(os.environ.get('RANK', '0')) != 0
+    return tqdm(total=total, desc=desc, disable=True if off else None, dynamic_ncols=True, leave=False)
 
 
 def token_losses(model, x, y, ctx):
@@ -75,28 +77,62 @@ def split_windows(n, block_size, stride):
 
 
 @torch.no_grad()
-def split_loss(model, tokenizer, data_dir, split, ctx, batch_size=8, stride=0, progress=True):
-    """The model's loss over the whole of data_dir/split.bin -> {'loss' (nats/token), 'ppl', 'bpb', 'tokens'}.
-    stride 0 (block_size) gives non-overlapping windows; a smaller stride gives each token more context.
-    Bits per byte: the total loss in bits over the UTF-8 bytes of the tokens counted (special tokens such
-    as <|endoftext|> have none)."""
+def stream_loss(model, tokenizer, tokens, ctx, batch_size=8, stride=0, progress=True, desc='tokens'):
+    """The model's loss over a stream of token ids (an array), each token but the first predicted once ->
+    {'loss' (nats/token), 'ppl', 'bpb', 'tokens'}. stride 0 (block_size) gives non-overlapping windows; a
+    smaller stride gives each token more context, at more compute. Bits per byte: the total loss in bits
+    over the UTF-8 bytes of the tokens counted (special tokens such as <|endoftext|> have none)."""
     T, device = model.config.block_size, model.lm_head.weight.device
-    windows = split_windows(runtime.split_tokens(data_dir, split, T), T, stride or T)
+    windows = split_windows(len(tokens), T, stride or T)
     nbytes = torch.tensor(tokenizer.byte_lengths(model.config.vocab_size), dtype=torch.float64, device=device)
     sums = torch.zeros(len(windows), 3, dtype=torch.float64, device=device)  # nats, tokens, bytes
     mine = _mine(len(windows))
-    with _bar(len(mine), f"{split} split", progress) as bar:
+    with _bar(len(mine), desc, progress) as bar:
         for i in range(0, len(mine), batch_size):
             rows = list(mine[i:i + batch_size])
-            x, y = runtime.windows(data_dir, split, torch.tensor([windows[r][0] for r in rows]), T, str(device))
+            x, y = runtime.token_windows(tokens, torch.tensor([windows[r][0] for r in rows]), T, str(device))
             first = torch.tensor([windows[r][1] for r in rows], device=device)
             counted = torch.arange(T, device=device) >= first[:, None]  # (B, T)
             losses = token_losses(model, x, y.masked_fill(~counted, -1), ctx).double()
             sums[rows] = torch.stack([losses.sum(1), counted.sum(1).double(), (nbytes[y] * counted).sum(1)], 1)
             bar.update(len(rows))
-    nats, tokens, n_bytes = _gathered(sums).sum(0).tolist()
-    return {'loss': nats / tokens, 'ppl': math.exp(nats / tokens), 'bpb': nats / math.log(2) / n_bytes,
-            'tokens': int(tokens)}
+    nats, count, n_bytes = _gathered(sums).sum(0).tolist()
+    return {'loss': nats / count, 'ppl': math.exp(nats / count), 'bpb': nats / math.log(2) / n_bytes,
+            'tokens': int(count)}
+
+
+def split_loss(model, tokenizer, data_dir, split, ctx, batch_size=8, stride=0, progress=True):
+    """stream_loss over the whole of data_dir/split.bin."""
+    runtime.split_tokens(data_dir, split, model.config.block_size)  # there, and long enough
+    tokens = np.memmap(os.path.join(data_dir, f'{split}.bin'), dtype=np.uint16, mode='r')
+    return stream_loss(model, tokenizer, tokens, ctx, batch_size, stride, progress, f'{split} split')
+
+
+# ----------------------------------------------------------------------------- WikiText
+def wikitext_text(path=''):
+    """The raw text of WikiText-2's test set: path (a text file) if given, else through datasets (downloaded
+    once into its cache), its lines joined with blank lines as transformers' perplexity guide does."""
+    if path:
+        try:
+            with open(path, encoding='utf-8') as f:
+                return f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            fail(f"cannot read wikitext_path={path!r}: {oneline(e)}")
+    try:
+        from datasets import load_dataset
+        return '\n\n'.join(load_dataset('Salesforce/wikitext', 'wikitext-2-raw-v1', split='test')['text'])
+    except Exception as e:  # offline, or the hub unreachable: datasets raises many types
+        fail(f"cannot load WikiText-2 through datasets ({oneline(e)}); pass a local copy of its raw test text "
+             f"as --wikitext_path=FILE")
+
+
+def wikitext(model, tokenizer, ctx, batch_size=8, stride=0, path='', progress=True):
+    """Perplexity (and loss, bits per byte) on WikiText-2's raw test text, in the model's own tokenizer."""
+    tokens = np.array(tokenizer.encode(wikitext_text(path), 'the WikiText text'), dtype=np.int64)
+    if len(tokens) <= model.config.block_size:
+        fail(f"the WikiText text is {len(tokens)} tokens, not longer than the model's block_size of "
+             f"{model.config.block_size}; give a longer text")
+    return stream_loss(model, tokenizer, tokens, ctx, batch_size, stride, progress, 'wikitext')
 
 
 # ----------------------------------------------------------------------------- HellaSwag
@@ -208,15 +244,19 @@ def hellaswag(model, tokenizer, ctx, batch_size=8, path='', progress=True):
     return {'acc': acc, 'acc_norm': acc_norm, 'n': len(examples)}
 
 
-def run(names, model, tokenizer, ctx, data_dir=None, batch_size=8, stride=0, hellaswag_path='', progress=True):
-    """Run the named tasks -> {name: figures}; the model is put in eval mode for them and left so."""
+def run(names, model, tokenizer, ctx, data_dir=None, batch_size=8, stride=0, hellaswag_path='', wikitext_path='',
+        progress=True):
+    """Run the named tasks -> {name: figures}. The model evaluates in eval mode, then returns to its mode."""
+    training, out = model.training, {}
     model.eval()
-    out = {}
     for name in names:
         if name == 'hellaswag':
             out[name] = hellaswag(model, tokenizer, ctx, batch_size, hellaswag_path, progress)
+        elif name == 'wikitext':
+            out[name] = wikitext(model, tokenizer, ctx, batch_size, stride, wikitext_path, progress)
         else:
             out[name] = split_loss(model, tokenizer, data_dir, name, ctx, batch_size, stride, progress)
+    model.train(training)
     return out
 
 

@@ -24,7 +24,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import checkpoint
 import runtime
+import tasks
 from configurator import configure, fail, make_dir
+from metrics import Metrics, Stopwatch
 from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
@@ -38,8 +40,10 @@ eval_only = False            # evaluate once, then exit without writing anything
 always_save_checkpoint = True  # else ckpt.pt keeps the best val loss, and a stop writes interrupted.pt
 init_from = 'scratch'        # 'scratch' | 'resume' | 'gpt2*' | a local Hugging Face GPT-2 directory
 sample_tokens = 0            # print a sample of this many tokens at each evaluation; 0: none
+eval_tasks = ''              # eval.py's tasks to also run at each evaluation: val, train, hellaswag, wikitext
 overwrite = False            # a fresh start may replace the checkpoints already in out_dir
-# wandb
+# TensorBoard and wandb (the checkpoint keeps every logged figure too: python eval.py --task=history)
+tensorboard_log = False      # write TensorBoard event files to out_dir/tensorboard: tensorboard --logdir=OUT_DIR
 wandb_log = False            # log to Weights & Biases (WANDB_MODE=offline works without an account)
 wandb_project = 'owt'        # wandb's project and run names
 wandb_run_name = 'gpt2'
@@ -170,11 +174,8 @@ if ckpt is not None:
     notes.append(checkpoint.restore(ckpt, ckpt_file, optimizer, scaler))
     notes.append(checkpoint.restore_rng(ckpt['rng'], batch_gen, device, seed + rank + 1009 * iter_num))
     notes.append(f"max_iters={max_iters} is reached already: raise it to train on" if iter_num >= max_iters else None)
-    changed = [f"{k} {v!r} -> {config[k]!r}" for k, v in ckpt['config'].items()
-               if k in config and config[k] != v and k not in ('init_from', *checkpoint.SHAPE)]
     if master_process:
-        print(f"resuming from {ckpt_file} at iter {iter_num}" + (f"; changed: {', '.join(changed)}" if changed else ""))
-        print(''.join(f"note: {note}\n" for note in notes if note), end='')
+        print(checkpoint.resume_report(ckpt, ckpt_file, config, notes))
 raw_model = model  # unwrapped and uncompiled: what checkpoints store
 if runtime.use_compile(compile, device_type, master_process):
     model = torch.compile(model)
@@ -218,11 +219,8 @@ def get_lr(it):
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (learning_rate - min_lr)
 
 
-wandb_run_id = ckpt['wandb_run_id'] if ckpt else None
-if wandb_log and master_process:
-    import wandb
-    wandb_run_id = wandb.init(project=wandb_project, name=wandb_run_name, config=config, id=wandb_run_id,
-                              resume='allow').id
+metrics, watch = Metrics(config, ckpt, master_process), Stopwatch(device)  # the figures; the time's split
+task_names = tasks.check_names(eval_tasks, 'eval_tasks') if eval_tasks else []
 evaluated_iter = ckpt['iter_num'] if ckpt and ckpt['evaluated'] and not eval_only else None
 ckpt, saves = None, 0  # free the loaded tensors before training; saves: checkpoints this run has written
 
@@ -233,7 +231,7 @@ def save(name, evaluated):
     state = {'model': raw_model.state_dict(), 'optimizer': optimizer.state_dict(),
              'model_args': dict(vars(raw_model.config)), 'tokenizer': vocab, 'iter_num': iter_num,
              'best_val_loss': float(best_val_loss), 'config': config, 'scaler': scaler.state_dict(),
-             'rng': checkpoint.rng_states(batch_state, device), 'wandb_run_id': wandb_run_id,
+             'rng': checkpoint.rng_states(batch_state, device), **metrics.state(),
              'evaluated': evaluated}  # False: a stop came before its step's evaluation, so the resumed run does it
     if master_process:
         runtime.log(checkpoint.write(out_dir, name, state))
@@ -258,15 +256,16 @@ while True:
         losses = estimate_loss()
         stopping = losses is None
         if losses:
-            runtime.log(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+            figures = tasks.run(task_names, raw_model, runtime.Tokenizer(vocab), ctx, data_dir, batch_size)
+            runtime.log(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
+                        + ''.join(f"; {tasks.summary(name, f)}" for name, f in figures.items()))
             if sample_tokens and master_process:
                 text = runtime.sample_text(raw_model, vocab, sample_tokens, ctx, seed=iter_num)
                 runtime.log(f"sample {iter_num}: {text!r}")
             if not math.isfinite(losses['val']):
                 fail(f"val loss is {losses['val']} at iter {iter_num}; the checkpoint was left as it was")
-            if wandb_log and master_process:
-                wandb.log({'iter': iter_num, 'train/loss': losses['train'], 'val/loss': losses['val'],
-                           'lr': lr, 'mfu': (running_mfu or 0.0) * 100})
+            metrics.log(iter_num, {'eval/train_loss': losses['train'], 'eval/val_loss': losses['val'],
+                                   **{f'{name}/{k}': v for name, f in figures.items() for k, v in f.items()}})
             improved, best_val_loss = losses['val'] < best_val_loss, min(best_val_loss, losses['val'])
             # at start_iter only a resumed checkpoint's postponed evaluation runs, and its weights may be the best
             if not eval_only and (iter_num > start_iter or ckpt_file) and (improved or always_save_checkpoint):
@@ -278,6 +277,7 @@ while True:
 
     # TRAINING SECTION BEGIN: forward, backward, update --------------------------
     t0 = time.time()
+    watch.start(on=(iter_num + 1) % log_interval == 0)  # the log iteration's time, split into phases
     loss_sum = torch.zeros((), device=device)
     for micro_step in range(gradient_accumulation_steps):
         if ddp:
@@ -287,14 +287,16 @@ while True:
             _, loss = model(X, Y)
             loss = loss / gradient_accumulation_steps  # the gradients sum over micro-steps: average them
         loss_sum += loss.detach()
-        batch_state = batch_gen.get_state()
-        X, Y = get_batch('train', next_train_ix())  # fetched while the device works on this step
+        with watch('data'):
+            batch_state = batch_gen.get_state()
+            X, Y = get_batch('train', next_train_ix())  # fetched while the device works on this step
         scaler.scale(loss).backward()
-    scaler.unscale_(optimizer)
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float('inf'))
-    scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
+    with watch('optim'):
+        scaler.unscale_(optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float('inf'))
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
     iter_num += 1
     # TRAINING SECTION END ---------------------------------------------------------
 
@@ -317,11 +319,11 @@ while True:
     mfu = raw_model.estimate_mfu(batch_size * gradient_accumulation_steps, dt, runtime.peak_flops(device, peak_flops))
     if mfu is not None and iter_num - start_iter > 5:  # the first iterations are still warming up
         running_mfu = mfu if running_mfu is None else 0.9 * running_mfu + 0.1 * mfu
-    runtime.log(f"iter {iter_num}: loss {loss_value:.4f}, time {dt * 1000:.2f}ms, mfu "
+    runtime.log(f"iter {iter_num}: loss {loss_value:.4f}, time {dt * 1000:.2f}ms{watch.split()}, mfu "
                 f"{f'{running_mfu * 100:.2f}%' if running_mfu is not None else 'n/a'}, tok/s "
                 f"{tokens_per_iter / dt:,.0f}, grad norm {norm:.4f}, lr {lr:.3e}")
-    if wandb_log and master_process:
-        wandb.log({'iter': iter_num, 'train/loss': loss_value, 'lr': lr, 'grad_norm': norm})
+    metrics.log(iter_num, {'train/loss': loss_value, 'lr': lr, 'grad_norm': norm, 'tokens_per_s': tokens_per_iter / dt,
+                           'mfu': running_mfu, 'time/iter': dt, **{f'time/{k}': v for k, v in watch.spent.items()}})
     train_time, last_log_iter = 0.0, iter_num
 
 # teardown -----------------------------------------------------------------------
@@ -334,6 +336,5 @@ signum = (runtime.stop_signal or signal.SIGTERM) if stopping else None  # this p
 if signum and master_process:
     print(f"stopped by {signal.Signals(signum).name} at iter {iter_num}; " + ("continue with --init_from=resume"
           if saves or ckpt_file else "nothing was trained yet, so nothing was saved"), file=sys.stderr)
-if wandb_log and master_process:
-    wandb.finish()
+metrics.close()
 runtime.finish(raw_model, ddp, 128 + signum if signum else 0)

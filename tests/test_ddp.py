@@ -29,7 +29,7 @@ def load(path):
 
 def test_two_processes_train_log_once_and_stay_identical(char_dataset, tmp_path, script):
     p = torchrun(f'--dataset={char_dataset}', f'--out_dir={tmp_path / "ddp"}', '--gradient_accumulation_steps=2',
-                 '--peak_flops=1e10')
+                 '--peak_flops=1e10', '--eval_tasks=val', '--tensorboard_log=True')
     assert p.returncode == 0, p.stderr[-3000:]
     # regression: MFU counted the whole job's tokens against one device's peak (2x too high here)
     line = next(line for line in p.stdout.splitlines() if line.startswith('iter 6:'))  # the first MFU figure
@@ -43,7 +43,10 @@ def test_two_processes_train_log_once_and_stay_identical(char_dataset, tmp_path,
     assert p.stdout.count('decayed tensors: ') == 1  # regression: every process printed its optimizer groups
     assert 'tokens per iteration 256' in p.stdout  # 2 processes x 1 micro-step x 4 x 32
     assert 'parameters identical on all 2 processes' in p.stdout
-    assert os.listdir(tmp_path / 'ddp') == ['ckpt.pt']
+    # the eval tasks shard their windows over the processes; rank 0 alone logs and writes TensorBoard's files
+    assert p.stdout.count('step 10: train loss') == 1 and p.stdout.count('; val: loss ') == 3
+    assert sorted(os.listdir(tmp_path / 'ddp')) == ['ckpt.pt', 'tensorboard']
+    assert len(os.listdir(tmp_path / 'ddp' / 'tensorboard')) == 1
     # a DDP checkpoint resumes in one process, and a one-process checkpoint under torchrun; with another
     # number of processes no random state is restored (regression: ranks that had a saved state took it
     # up and the others did not), and the log says so

@@ -199,3 +199,47 @@ def test_eval_mistakes_are_one_line(trained, tmp_path, script):
     p = script('eval.py', f'--init_from={hf}', f'--dataset={trained.data}', check=False)
     assert_one_line_error(p, f"{trained.data / 'meta.json'} has 33 tokens but the model has 50257: the model was "
                              f"not trained on this dataset")
+
+
+@needs_gpt2_bpe
+@pytest.mark.parametrize('stride', [0, 1, 24])
+def test_wikitext_perplexity_equals_transformers_token_by_token(tmp_path, script, stride):
+    """Each token's loss from transformers' forward over exactly the context the windows give it: with
+    stride s, window k starts at k*s and counts its targets past the previous window's; the last window
+    ends where the text does. One forward per token, so nothing is shared with the windowed computation."""
+    import tiktoken
+    hf = tiny_gpt2(tmp_path / 'hf')  # block_size 64
+    text = ' = Valkyria Chronicles III = \n\n' + ''.join(
+        f" Senjō no Valkyria {i} is a tactical role @-@ playing video game released in 201{i} . \n" for i in range(9))
+    (tmp_path / 'wiki.txt').write_text(text, encoding='utf-8')
+    ids = tiktoken.get_encoding('gpt2').encode(text)
+    n, T, s = len(ids), 64, stride or 64
+    assert n > 2 * T
+    starts, done, begin = {}, 0, 0  # starts[t]: where the input of target t's window begins
+    while done < n - 1:
+        end = min(begin + T, n - 1)
+        starts.update({t: end - T for t in range(done + 1, end + 1)})
+        done, begin = end, begin + s
+    nats = 0.0
+    for t in range(1, n):
+        with torch.no_grad():
+            logits = hf(torch.tensor([ids[starts[t]:t]])).logits[0, -1].double()
+        nats -= torch.log_softmax(logits, -1)[ids[t]].item()
+    p = script('eval.py', f'--init_from={tmp_path / "hf"}', '--task=wikitext', f'--wikitext_path={tmp_path / "wiki.txt"}',
+               f'--stride={stride}', '--device=cpu', '--json=True')
+    got = results(p)['wikitext']
+    first = len(tiktoken.get_encoding('gpt2').decode_single_token_bytes(ids[0]))
+    assert got['tokens'] == n - 1
+    assert got['loss'] == pytest.approx(nats / (n - 1), rel=1e-6)
+    assert got['ppl'] == pytest.approx(math.exp(nats / (n - 1)), rel=1e-6)
+    assert got['bpb'] == pytest.approx(nats / math.log(2) / (len(text.encode()) - first), rel=1e-6)
+
+
+def test_wikitext_mistakes_are_one_line(trained, tmp_path, script):
+    p = script('eval.py', f'--out_dir={trained.out}', '--task=wikitext', f'--wikitext_path={tmp_path / "none.txt"}',
+               check=False)
+    assert_one_line_error(p, "cannot read wikitext_path=")
+    (tmp_path / 'wiki.txt').write_text('Valkyria Chronicles @-@ ' * 10)
+    p = script('eval.py', f'--out_dir={trained.out}', '--task=wikitext', f'--wikitext_path={tmp_path / "wiki.txt"}',
+               check=False)
+    assert_one_line_error(p, "the WikiText text has characters that are not in the model's vocabulary: '-' '@' 'V'")

@@ -32,7 +32,7 @@ def train(script):
 
 def losses(stdout):
     """The iter/step lines with the timing fields removed: what must repeat exactly."""
-    return [re.sub(r'time \S+ms, mfu \S+, tok/s [\d,]+, ', '', line) for line in stdout.splitlines()
+    return [re.sub(r'time \S+ms( \([^)]*\))?, mfu \S+, tok/s [\d,]+, ', '', line) for line in stdout.splitlines()
             if line.startswith(('iter ', 'step '))]
 
 
@@ -44,7 +44,8 @@ def test_learns_and_checkpoint_loads(trained, train, tmp_path):
     vocab = len(chars_of(trained.data))
     val = [float(m) for m in re.findall(r'val loss ([\d.]+)', trained.stdout)]
     assert val[0] > math.log(vocab) - 0.3 and val[-1] < 0.6 * math.log(vocab), trained.stdout
-    assert re.search(r'^iter 60: loss [\d.]+, time [\d.]+ms, mfu n/a, tok/s [\d,]+, grad norm [\d.]+, lr ',
+    assert re.search(r'^iter 60: loss [\d.]+, time [\d.]+ms \(data [\d.]+ms, fwd\+bwd [\d.]+ms, optim [\d.]+ms\), '
+                     r'mfu n/a, tok/s [\d,]+, grad norm [\d.]+, lr ',
                      trained.stdout, re.M)
     assert len(losses(trained.stdout)) == 60 + 4  # exactly max_iters steps; evals at 0, 20, 40 and the end
     ckpt = load(trained.out / 'ckpt.pt')
