@@ -26,7 +26,7 @@ from configurator import configure, fail
 # -----------------------------------------------------------------------------
 init_from = 'resume'  # 'resume' (out_dir/ckpt.pt), a .pt file, a GPT-2 name ('gpt2' ... 'gpt2-xl') or a HF folder
 out_dir = 'out'       # where train.py wrote ckpt.pt
-task = 'val'          # a comma list of: val, train (the whole split's loss), hellaswag, wikitext, history
+task = 'val'          # comma list: val, train (a whole split's loss), hellaswag, wikitext, addition, history
 dataset = ''          # val/train: data/<dataset> or a folder with train.bin, val.bin; '' is the checkpoint's own
 stride = 0            # val/train: a window every this many tokens, counting only those past the previous
                       # window (more context per token, more compute); 0 is block_size: no overlap
@@ -46,6 +46,8 @@ with redirect_stdout(sys.stderr):  # the configurator's messages; stdout carries
     configure(globals())
 # -----------------------------------------------------------------------------
 names = tasks.check_names(task, known=tasks.NAMES + ('history',))
+if 'history' in names and not (init_from == 'resume' or init_from.endswith('.pt')):
+    fail(f"--task=history reads a checkpoint of train.py (--out_dir or a .pt file), not {init_from!r}")
 ddp, rank, local_rank, world_size = runtime.ranks()
 device, device_type, dtype, ctx = runtime.setup_device(device, dtype, local_rank if ddp else None)
 model, vocab, where, ckpt = runtime.load_model(init_from, out_dir)
@@ -53,14 +55,14 @@ block_size = model.config.block_size
 if stride > block_size:
     fail(f"stride={stride} is longer than the model's block_size of {block_size}: tokens would be skipped")
 data_dir, data_vocab = None, None
-if {'val', 'train'} & set(names):
+if {'val', 'train', 'addition'} & set(names):
     trained_on = ckpt['config'].get('dataset') if ckpt and isinstance(ckpt.get('config'), dict) else None
     if not (dataset or trained_on):
         fail(f"--task={task} needs a dataset: give --dataset=NAME (data/NAME) or a folder with train.bin, val.bin")
     data_dir = runtime.dataset_dir(dataset or trained_on)
     data_vocab = runtime.read_vocab(data_dir) or runtime.GPT2
-    for split in {'val', 'train'} & set(names):
-        runtime.split_tokens(data_dir, split, block_size)  # there, and long enough: checked before any work
+    for split in {'val', 'train'} & set(names) or {'val'}:
+        runtime.split_tokens(data_dir, split, block_size, data_vocab)  # there, and fits: checked before any work
 where = runtime.vocab_file(data_dir) if data_dir else where  # a mismatch names the dataset file, as in train.py
 tokenizer = runtime.Tokenizer(runtime.check_vocab(model.config.vocab_size, vocab, where, data_vocab))
 if ddp:

@@ -32,10 +32,14 @@ class Metrics:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
                 fail("tensorboard_log=True but tensorboard is not installed: pip install tensorboard")
-            # a resumed run drops what an earlier one logged after its checkpoint (purge_step), and a fresh
-            # start all of an earlier run's events, so every curve has one point per step
-            self.tensorboard = SummaryWriter(os.path.join(config['out_dir'], TENSORBOARD),
-                                             purge_step=ckpt['iter_num'] + 1 if ckpt else 0)
+            folder = os.path.join(config['out_dir'], TENSORBOARD)
+            if not ckpt and os.path.isdir(folder):  # a fresh start: an earlier run's curves go
+                for name in os.listdir(folder):
+                    if name.startswith('events.out.tfevents.'):
+                        os.remove(os.path.join(folder, name))
+            # a resumed run drops what an earlier one logged after its checkpoint (purge_step): TensorBoard's
+            # Python reader (tensorboard --load_fast=false) honours it; the default fast one shows both
+            self.tensorboard = SummaryWriter(folder, purge_step=ckpt['iter_num'] + 1 if ckpt else None)
         if config['wandb_log']:
             import wandb
             self.wandb = wandb
@@ -159,7 +163,7 @@ def plot_history(history, path, title=''):
     ax_lr.grid(alpha=0.3)
     fig.tight_layout()
     try:
-        fig.savefig(path, dpi=100)
+        fig.savefig(path, dpi=100, format='png')  # whatever the file's name says
     except OSError as e:
         fail(f"cannot write {path}: {e.strerror or e}")
     plt.close(fig)

@@ -148,31 +148,51 @@ def dataset_dir(dataset, check=True, prepare=False, prepare_input=''):
     return prepare_dataset(folder, prepare_input) if prepare else folder
 
 
-def split_tokens(data_dir, split, block_size):
-    """The number of tokens in data_dir/split.bin, which must hold one window of block_size + 1."""
+def split_tokens(data_dir, split, block_size, vocab=None):
+    """The number of tokens in data_dir/split.bin, which must hold one window of block_size + 1, or (a
+    dataset of fixed-length examples, as its vocab declares) whole examples that block_size fits."""
     path = os.path.join(data_dir, f'{split}.bin')
     if not os.path.isfile(path):
         hint = (f"run  python {os.path.relpath(os.path.join(data_dir, 'prepare.py'))}  (or train with --prepare=True)"
                 if os.path.isfile(os.path.join(data_dir, 'prepare.py')) else "prepare it first")
         fail(f"{path} not found: {hint}")
     n = os.path.getsize(path) // 2  # uint16 tokens
-    if n < block_size + 1:
+    example_len = (vocab or {}).get('example_len')
+    if example_len and block_size < example_len - 1:
+        fail(f"block_size={block_size} does not fit the dataset's examples of {example_len} tokens: "
+             f"use --block_size={example_len - 1} (an example's inputs)")
+    if example_len and (n % example_len or not n):
+        fail(f"{path} has {n} tokens, not a whole number of its {example_len}-token examples; rerun prepare.py")
+    if n < block_size + 1 and not example_len:
         fail(f"{path} has {n} tokens, fewer than block_size + 1 = {block_size + 1}; lower --block_size or use "
              f"more data")
     return n
 
 
-def windows(data_dir, split, ix, block_size, device):
-    """Windows of block_size + 1 tokens of split.bin starting at ix -> inputs x, targets y (len(ix), block_size)."""
+def starts(n_tokens, block_size, shape, generator, vocab=None):
+    """Random window starts of the given shape in a split of n_tokens: anywhere in a stream, at an example's
+    first token in a dataset of fixed-length examples."""
+    example_len = (vocab or {}).get('example_len')
+    if example_len:
+        return torch.randint(n_tokens // example_len, shape, generator=generator) * example_len
+    return torch.randint(n_tokens - block_size, shape, generator=generator)
+
+
+def windows(data_dir, split, ix, block_size, device, vocab=None):
+    """Windows of block_size + 1 tokens of split.bin starting at ix -> inputs x, targets y (len(ix), block_size).
+    In a dataset of examples (vocab's example_len) a window is one example, and its targets before the
+    vocab's loss_from are -1, which the loss ignores."""
     # a fresh memmap per batch: a long-lived one keeps every page it touched in memory
     return token_windows(np.memmap(os.path.join(data_dir, f'{split}.bin'), dtype=np.uint16, mode='r'), ix,
-                         block_size, device)
+                         block_size, device, vocab)
 
 
-def token_windows(data, ix, block_size, device):
+def token_windows(data, ix, block_size, device, vocab=None):
     """windows() of an array of token ids."""
-    xy = torch.from_numpy(np.stack([data[i:i + block_size + 1] for i in ix.tolist()]).astype(np.int64))
+    length = vocab['example_len'] - 1 if vocab and vocab.get('example_len') else block_size
+    xy = torch.from_numpy(np.stack([data[i:i + length + 1] for i in ix.tolist()]).astype(np.int64))
     x, y = xy[:, :-1].contiguous(), xy[:, 1:].contiguous()
+    y[:, :(vocab or {}).get('loss_from', 0)] = -1
     if device.startswith('cuda'):  # pinned memory lets the copy overlap with the GPU's work
         return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
     return x.to(device), y.to(device)
@@ -180,6 +200,9 @@ def token_windows(data, ix, block_size, device):
 
 # ----------------------------------------------------------------------------- vocabulary
 GPT2 = {'encoding': 'gpt2'}  # the tokenizer of GPT-2's weights and of the BPE datasets
+# what a vocabulary may declare besides its tokens: fixed-length examples (example_len tokens, whose targets
+# count from position loss_from on), and what the examples are, for sample.py and eval.py
+EXAMPLES = ('example_len', 'loss_from', 'addition')
 
 
 def vocab_file(folder):
@@ -191,8 +214,10 @@ def vocab_file(folder):
 
 def read_vocab(folder):
     """The vocabulary of a dataset folder (or of an export) as checkpoints store it: {'chars': [...]}
-    (token i is chars[i]) or {'encoding': 'gpt2'}, from its meta.json. A legacy meta.pkl is read only when
-    there is no meta.json, with a warning; None when it has neither (nanoGPT's BPE datasets)."""
+    (token i is chars[i]), {'image': {'size': S, 'palette': [[r, g, b], ...]}} (token i is colour i, then a
+    start token) or {'encoding': 'gpt2'}, with the EXAMPLES keys it declares, from its meta.json. A legacy
+    meta.pkl is read only when there is no meta.json, with a warning; None when it has neither (nanoGPT's
+    BPE datasets)."""
     path = vocab_file(folder)
     if not os.path.isfile(path):
         return None
@@ -200,12 +225,21 @@ def read_vocab(folder):
         if path.endswith('.json'):
             with open(path, encoding='utf-8') as f:
                 meta = json.load(f)
-            vocab = {'chars': meta['chars']} if 'chars' in meta else {'encoding': meta['encoding']}
+            kind = next(k for k in ('chars', 'image', 'encoding') if k in meta or k == 'encoding')
+            vocab = {kind: meta[kind], **{k: meta[k] for k in EXAMPLES if k in meta}}
+            example_len, loss_from = vocab.get('example_len'), vocab.get('loss_from', 0)
+            if example_len is not None and not (type(example_len) is int and type(loss_from) is int
+                                                and 0 <= loss_from < example_len - 1):
+                raise ValueError("'example_len' must be an integer >= 2 and 'loss_from' one in [0, example_len - 1)")
+            image = vocab.get('image')
+            if image is not None and not (isinstance(image, dict) and type(image.get('size')) is int
+                                          and isinstance(image.get('palette'), list) and image['palette']):
+                raise ValueError("'image' must hold a 'size' and a 'palette' of [r, g, b] colours")
             chars = vocab.get('chars')
             if chars is not None and not (isinstance(chars, list) and chars and len(set(chars)) == len(chars)
                                           and all(isinstance(c, str) and len(c) == 1 for c in chars)):
                 raise ValueError("'chars' must list distinct single characters")
-            if chars is None and vocab['encoding'] != 'gpt2':
+            if kind == 'encoding' and vocab['encoding'] != 'gpt2':
                 raise ValueError(f"encoding {vocab['encoding']!r}: only 'gpt2' is known")
             return vocab
         if int(os.environ.get('RANK', '0')) == 0:
@@ -257,7 +291,16 @@ def load_model(init_from, out_dir):
     return model.eval(), vocab, os.path.join(init_from, 'meta.json'), None
 
 
+def vocab_size_of(vocab):
+    """The number of tokens of a character or image vocabulary (None for a BPE: the model decides)."""
+    if 'chars' in vocab:
+        return len(vocab['chars'])
+    return len(vocab['image']['palette']) + 1 if 'image' in vocab else None  # the colours, then a start token
+
+
 def _describe(vocab):
+    if 'image' in vocab:
+        return f"{len(vocab['image']['palette'])} colours"
     return f"{len(vocab['chars'])} characters" if 'chars' in vocab else f"the {vocab['encoding']} BPE"
 
 
@@ -271,11 +314,11 @@ def check_vocab(vocab_size, vocab, where, data_vocab=None):
              + (f", with {' '.join(map(repr, extra[:10]))} that the model lacks" if extra else "")
              + "): pick the dataset the model was trained on, or train a new model on this one")
     vocab = vocab or data_vocab
-    n = len(vocab['chars']) if vocab and 'chars' in vocab else GPT2_VOCAB
-    if vocab and 'chars' in vocab and n != vocab_size:
+    n = (vocab and vocab_size_of(vocab)) or GPT2_VOCAB
+    if vocab and 'encoding' not in vocab and n != vocab_size:
         fail(f"{where} has {n} tokens but the model has {vocab_size}: the model was not trained on this "
              f"dataset; pick the one it was trained on")
-    if not (vocab and 'chars' in vocab) and vocab_size < n:
+    if not (vocab and 'encoding' not in vocab) and vocab_size < n:
         fail(f"the model has {vocab_size} tokens, fewer than GPT-2's {n}, so it needs its dataset's meta.json, "
              f"which is not at {where}: was the dataset moved, or is it another one?")
     return vocab or GPT2
@@ -286,6 +329,9 @@ class Tokenizer:
 
     def __init__(self, vocab):
         self.vocab = vocab
+        if 'image' in vocab:
+            self.start = len(vocab['image']['palette'])  # the token each image begins with
+            return
         if 'chars' in vocab:
             self.chars, self.stoi = vocab['chars'], {c: i for i, c in enumerate(vocab['chars'])}
             return
@@ -297,6 +343,8 @@ class Tokenizer:
                  f"TIKTOKEN_CACHE_DIR at a folder holding its cached files")
 
     def encode(self, text, what='the prompt'):
+        if 'image' in self.vocab:
+            fail(f"an image model reads no text, so {what} cannot be encoded; sample.py --png=PATH draws its images")
         if 'chars' not in self.vocab:
             return self.enc.encode(text, allowed_special={'<|endoftext|>'})
         unknown = sorted(set(text) - set(self.stoi))
@@ -305,14 +353,19 @@ class Tokenizer:
         return [self.stoi[c] for c in text]
 
     def token_bytes(self, i):
-        """A token's bytes (a BPE token may be part of a character); a padding id gives U+FFFD."""
+        """A token's bytes (a BPE token may be part of a character); a padding id gives U+FFFD. An image
+        model's token is its number and a space."""
+        if 'image' in self.vocab:
+            return f"{i} ".encode()
         if 'chars' in self.vocab:
             return self.chars[i].encode() if i < len(self.chars) else '\ufffd'.encode()
         return self.enc.decode_single_token_bytes(i) if i < self.enc.n_vocab else '\ufffd'.encode()
 
     def byte_lengths(self, n):
         """The UTF-8 bytes of the text that each of tokens 0 .. n-1 writes: 0 for special tokens
-        (<|endoftext|>) and for the padding ids past the vocabulary."""
+        (<|endoftext|>) and for the padding ids past the vocabulary; none for an image model's."""
+        if 'image' in self.vocab:
+            return [0] * n
         if 'chars' in self.vocab:
             return [len(c.encode()) for c in self.chars] + [0] * (n - len(self.chars))
         special = {self.enc.encode_single_token(t) for t in self.enc.special_tokens_set}
@@ -328,7 +381,8 @@ def sample_text(model, vocab, n, ctx, seed):
     """n tokens from the model after a newline (BPE: after <|endoftext|>), drawn from seed (the iteration),
     leaving the random state of training as it was: a run with samples trains exactly as one without."""
     tokenizer = Tokenizer(vocab)
-    start = tokenizer.stoi.get('\n', 0) if 'chars' in tokenizer.vocab else tokenizer.enc.eot_token
+    start = (tokenizer.start if 'image' in vocab else tokenizer.stoi.get('\n', 0) if 'chars' in vocab
+             else tokenizer.enc.eot_token)
     device = model.lm_head.weight.device
     with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []), ctx:
         torch.manual_seed(seed)

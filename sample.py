@@ -11,13 +11,16 @@ In --start and --stop the escapes \n, \t and \\ stand for a newline, a tab and a
 backslash is kept as it is); a FILE: prompt is read verbatim.
 """
 import codecs
+import os
 import re
 import sys
 from contextlib import redirect_stdout
 
+import numpy as np
 import torch
 
 import runtime
+import tasks
 from configurator import configure, drop_stdout, fail, oneline
 
 # -----------------------------------------------------------------------------
@@ -35,6 +38,7 @@ device = 'auto'       # 'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:
 dtype = 'auto'        # 'auto' (bfloat16 on GPUs that have it, float32 on CPU), 'float32', 'bfloat16', 'float16'
 batch = False         # draw all num_samples at once: faster, but each is printed only when all are done
 compile = False       # torch.compile the forward (a graph for the prompt, one for the steps); slower on CPU
+png = ''              # an image model: write num_samples images, and completions of held-out ones, to this PNG
 _optional = ('top_k', 'top_p')  # settings that --key=None may turn off
 _positive = ('num_samples', 'top_k')
 _non_negative = ('max_new_tokens', 'temperature')
@@ -54,12 +58,50 @@ stop = unescape(stop)
 device, device_type, dtype, ctx = runtime.setup_device(device, dtype)
 
 # ----------------------------------------------------------------------------- model
-model, vocab, where, _ = runtime.load_model(init_from, out_dir)
+model, vocab, where, ckpt = runtime.load_model(init_from, out_dir)
 model.eval()
 model.to(device)
 if compile:
     model.compile()  # in place: torch.compile(model) would wrap it, and generate would call the unwrapped model
 tokenizer = runtime.Tokenizer(runtime.check_vocab(model.config.vocab_size, vocab, where))
+
+# ----------------------------------------------------------------------------- addition and image models
+if 'addition' in tokenizer.vocab:  # a+b= is answered greedily, in plain digits
+    n = tokenizer.vocab['addition']['digits']
+    problem = re.fullmatch(rf'(\d{{1,{n}}})\+(\d{{1,{n}}})=', start)
+    if not problem:
+        fail(f"--start={start!r} is not an addition this model was trained on: give a+b= with a and b of 1 to {n} "
+             f"digits, e.g. --start={'2' * n}+{'4' * n}=")
+    a, b = int(problem[1]), int(problem[2])
+    x = torch.tensor([tokenizer.encode(f"{a:0{n}d}+{b:0{n}d}=")], device=device)
+    print(f"{a}+{b}={tasks.addition_answer(model.generate(x, n + 1, temperature=0)[0, -n - 1:].tolist(), n)}")
+    sys.exit(0)
+if 'image' in tokenizer.vocab:
+    from data.images.prepare import dequantise, grid
+    if not png:
+        fail("an image model draws images, not text: give --png=PATH")
+    palette, size = tokenizer.vocab['image']['palette'], tokenizer.vocab['image']['size']
+    torch.manual_seed(seed)
+    with ctx:  # num_samples images from the start token alone
+        drawn = model.generate(torch.full((num_samples, 1), tokenizer.start, device=device), size * size,
+                               temperature, top_k, top_p)
+    images = dequantise(drawn[:, 1:].cpu(), palette, size)
+    rows = [list(images[i:i + 8]) for i in range(0, num_samples, 8)]
+    data_dir = runtime.dataset_dir(ckpt['config'].get('dataset', ''), check=False) if ckpt else ''
+    held_out = os.path.join(data_dir, 'val.bin')
+    if os.path.isfile(held_out):  # Image GPT's figure: the top halves of held-out images, finished by the model
+        val = torch.from_numpy(np.fromfile(held_out, dtype=np.uint16).astype(np.int64)).view(-1, size * size + 1)[:8]
+        with ctx:
+            top = val[:, :1 + size * size // 2].to(device)  # the start token and the top half's rows
+            finished = model.generate(top, size * size // 2, temperature, top_k, top_p)
+        rows += [list(dequantise(val[:, 1:], palette, size)), list(dequantise(finished[:, 1:].cpu(), palette, size))]
+    try:
+        grid(rows).save(png)
+    except (OSError, ValueError) as e:
+        fail(f"cannot write --png={png}: {oneline(e)}")
+    print(f"wrote {png}: {num_samples} samples" + (" (rows of 8), then 8 held-out images and their bottom halves "
+          "drawn by the model" if os.path.isfile(held_out) else ""), file=sys.stderr)
+    sys.exit(0)
 
 # ----------------------------------------------------------------------------- prompt
 if start.startswith('FILE:'):

@@ -6,7 +6,9 @@ of figures; under torchrun the processes share the work out and every one of the
     hellaswag   zero-shot accuracy on HellaSwag's validation set: acc (lowest total loss of the ending)
                 and acc_norm (lowest mean loss per token of the ending)
     wikitext    perplexity on WikiText-2's raw test text, in the model's own tokenizer
+    addition    exact-match accuracy of a model trained on data/addition on its held-out problems (val.bin)
 """
+import http.client
 import json
 import math
 import os
@@ -21,7 +23,7 @@ from tqdm import tqdm
 import runtime
 from configurator import fail, oneline
 
-NAMES = ('val', 'train', 'hellaswag', 'wikitext')
+NAMES = ('val', 'train', 'hellaswag', 'wikitext', 'addition')
 HELLASWAG_URL = 'https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl'
 CACHE = os.path.join(os.environ.get('XDG_CACHE_HOME') or os.path.expanduser('~/.cache'), 'nanogpt')
 
@@ -81,9 +83,15 @@ def stream_loss(model, tokenizer, tokens, ctx, batch_size=8, stride=0, progress=
     """The model's loss over a stream of token ids (an array), each token but the first predicted once ->
     {'loss' (nats/token), 'ppl', 'bpb', 'tokens'}. stride 0 (block_size) gives non-overlapping windows; a
     smaller stride gives each token more context, at more compute. Bits per byte: the total loss in bits
-    over the UTF-8 bytes of the tokens counted (special tokens such as <|endoftext|> have none)."""
-    T, device = model.config.block_size, model.lm_head.weight.device
-    windows = split_windows(len(tokens), T, stride or T)
+    over the UTF-8 bytes of the tokens counted (special tokens such as <|endoftext|> have none; None where
+    no token has any, as in an image). A dataset of fixed-length examples (the vocabulary's example_len) is
+    evaluated example by example, counting the targets from loss_from on, as training does."""
+    T, device, vocab = model.config.block_size, model.lm_head.weight.device, tokenizer.vocab
+    if vocab.get('example_len'):
+        T = vocab['example_len'] - 1
+        windows = [(start, vocab.get('loss_from', 0)) for start in range(0, len(tokens), T + 1)]
+    else:
+        windows = split_windows(len(tokens), T, stride or T)
     nbytes = torch.tensor(tokenizer.byte_lengths(model.config.vocab_size), dtype=torch.float64, device=device)
     sums = torch.zeros(len(windows), 3, dtype=torch.float64, device=device)  # nats, tokens, bytes
     mine = _mine(len(windows))
@@ -97,13 +105,13 @@ def stream_loss(model, tokenizer, tokens, ctx, batch_size=8, stride=0, progress=
             sums[rows] = torch.stack([losses.sum(1), counted.sum(1).double(), (nbytes[y] * counted).sum(1)], 1)
             bar.update(len(rows))
     nats, count, n_bytes = _gathered(sums).sum(0).tolist()
-    return {'loss': nats / count, 'ppl': math.exp(nats / count), 'bpb': nats / math.log(2) / n_bytes,
-            'tokens': int(count)}
+    return {'loss': nats / count, 'ppl': math.exp(nats / count),
+            'bpb': nats / math.log(2) / n_bytes if n_bytes else None, 'tokens': int(count)}
 
 
 def split_loss(model, tokenizer, data_dir, split, ctx, batch_size=8, stride=0, progress=True):
     """stream_loss over the whole of data_dir/split.bin."""
-    runtime.split_tokens(data_dir, split, model.config.block_size)  # there, and long enough
+    runtime.split_tokens(data_dir, split, model.config.block_size, tokenizer.vocab)  # there, and long enough
     tokens = np.memmap(os.path.join(data_dir, f'{split}.bin'), dtype=np.uint16, mode='r')
     return stream_loss(model, tokenizer, tokens, ctx, batch_size, stride, progress, f'{split} split')
 
@@ -126,13 +134,36 @@ def wikitext_text(path=''):
              f"as --wikitext_path=FILE")
 
 
+def wikitext_tokens(tokenizer, block_size, path=''):
+    """WikiText-2's test text in the tokenizer's ids (an array), read once."""
+    key = ('wikitext', path, json.dumps(tokenizer.vocab, sort_keys=True))
+    if key not in _loaded:
+        _loaded[key] = np.array(tokenizer.encode(wikitext_text(path), 'the WikiText text'), dtype=np.int64)
+    if len(_loaded[key]) <= block_size:
+        fail(f"the WikiText text is {len(_loaded[key])} tokens, not longer than the model's block_size of "
+             f"{block_size}; give a longer text")
+    return _loaded[key]
+
+
 def wikitext(model, tokenizer, ctx, batch_size=8, stride=0, path='', progress=True):
     """Perplexity (and loss, bits per byte) on WikiText-2's raw test text, in the model's own tokenizer."""
-    tokens = np.array(tokenizer.encode(wikitext_text(path), 'the WikiText text'), dtype=np.int64)
-    if len(tokens) <= model.config.block_size:
-        fail(f"the WikiText text is {len(tokens)} tokens, not longer than the model's block_size of "
-             f"{model.config.block_size}; give a longer text")
+    tokens = wikitext_tokens(tokenizer, model.config.block_size, path)
     return stream_loss(model, tokenizer, tokens, ctx, batch_size, stride, progress, 'wikitext')
+
+
+def prepare(names, vocab, block_size, data_dir, setting='eval_tasks'):
+    """train.py's eval_tasks (a comma list) -> [name, ...], with each task's data read and checked now, so
+    that a problem (a file, a download, characters the vocabulary lacks) stops the run before it trains."""
+    names = check_names(names, setting) if names else []
+    tokenizer = runtime.Tokenizer(vocab) if names else None
+    for name in names:
+        if name == 'hellaswag':
+            hellaswag_data(tokenizer, block_size)
+        elif name == 'wikitext':
+            wikitext_tokens(tokenizer, block_size)
+        elif name == 'addition' and 'addition' not in vocab:
+            fail(f"{setting}=addition is for a dataset made by data/addition/prepare.py; this one is not")
+    return names
 
 
 # ----------------------------------------------------------------------------- HellaSwag
@@ -153,7 +184,7 @@ def hellaswag_file(path=''):
                 while chunk := r.read(1 << 20):
                     bar.update(f.write(chunk))
             os.replace(tmp, cached)
-        except OSError as e:
+        except (OSError, http.client.HTTPException) as e:  # a connection lost midway: IncompleteRead
             if os.path.exists(tmp):
                 os.remove(tmp)
             fail(f"cannot download {HELLASWAG_URL} ({oneline(e)}); download it yourself and pass "
@@ -174,10 +205,11 @@ def read_hellaswag(path):
             continue
         try:
             ex = json.loads(line)
-            ctx, endings, label = ex['ctx'], ex['endings'], int(ex['label'])
-            if not (isinstance(ctx, str) and isinstance(endings, list) and len(endings) == 4
-                    and all(isinstance(e, str) for e in endings) and 0 <= label < 4):
-                raise ValueError("'ctx' must be text, 'endings' 4 texts and 'label' 0 to 3")
+            ctx, endings, label = ex['ctx'], ex['endings'], ex['label']
+            label = int(label) if isinstance(label, str) and label.isdigit() else label  # datasets' copy: '2'
+            if not (isinstance(ctx, str) and ctx and isinstance(endings, list) and len(endings) == 4
+                    and all(isinstance(e, str) for e in endings) and type(label) is int and 0 <= label < 4):
+                raise ValueError("'ctx' must be a text, 'endings' 4 texts and 'label' an integer 0 to 3")
         except (ValueError, KeyError, TypeError) as e:
             why = f"it has no {e}" if isinstance(e, KeyError) else oneline(e)
             fail(f"{path} line {i} is not a HellaSwag example ({why}); each line must be a JSON object "
@@ -231,27 +263,75 @@ def hellaswag_scores(model, encoded, ctx, batch_size=8, progress=True):
     return _gathered(scores)
 
 
+_loaded = {}  # each task's data, read and tokenized once (train.py evaluates again and again)
+
+
+def hellaswag_data(tokenizer, block_size, path=''):
+    """HellaSwag's examples, tokenized and checked -> (encoded, labels)."""
+    key = ('hellaswag', path, json.dumps(tokenizer.vocab, sort_keys=True), block_size)
+    if key not in _loaded:
+        file = hellaswag_file(path)
+        examples = read_hellaswag(file)
+        _loaded[key] = hellaswag_tokens(tokenizer, examples, block_size, file), [label for _, _, label in examples]
+    return _loaded[key]
+
+
 def hellaswag(model, tokenizer, ctx, batch_size=8, path='', progress=True):
     """Zero-shot HellaSwag -> {'acc', 'acc_norm', 'n'}: acc picks the ending of lowest total loss,
     acc_norm the lowest mean loss per token (build-nanogpt's convention; lm-evaluation-harness's acc_norm
     divides by the ending's bytes instead)."""
-    path = hellaswag_file(path)
-    examples = read_hellaswag(path)
-    scores = hellaswag_scores(model, hellaswag_tokens(tokenizer, examples, model.config.block_size, path),
-                              ctx, batch_size, progress)
-    labels = torch.tensor([label for _, _, label in examples], device=scores.device)
+    encoded, labels = hellaswag_data(tokenizer, model.config.block_size, path)
+    scores = hellaswag_scores(model, encoded, ctx, batch_size, progress)
+    labels = torch.tensor(labels, device=scores.device)
     acc, acc_norm = ((scores[:, :, k].argmin(1) == labels).double().mean().item() for k in (0, 1))
-    return {'acc': acc, 'acc_norm': acc_norm, 'n': len(examples)}
+    return {'acc': acc, 'acc_norm': acc_norm, 'n': len(labels)}
+
+
+# ----------------------------------------------------------------------------- addition
+def addition_answer(ids, digits):
+    """The sum that an addition model's n+1 answer tokens (digits, lowest first) write, as an int."""
+    return int(''.join(str(i - 1) for i in reversed(ids)))  # token 1 + d is the digit d (data/addition)
+
+
+@torch.no_grad()
+def addition(model, tokenizer, data_dir, ctx, batch_size=8, progress=True):
+    """Exact-match accuracy on the held-out problems (val.bin), greedy, batched -> {'acc', 'correct', 'n'}."""
+    vocab = tokenizer.vocab
+    if 'addition' not in vocab:
+        fail("--task=addition is for a model trained on data/addition (its meta.json declares 'addition'); "
+             "this one was not")
+    runtime.split_tokens(data_dir, 'val', model.config.block_size, vocab)
+    L, prompt = vocab['example_len'], vocab['loss_from'] + 1  # the prompt: 'a+b=', then the answer's digits
+    problems = torch.from_numpy(np.fromfile(os.path.join(data_dir, 'val.bin'), dtype=np.uint16).astype(np.int64))
+    problems = problems.view(-1, L)
+    device = model.lm_head.weight.device
+    right = torch.zeros(len(problems), dtype=torch.float64, device=device)
+    mine = _mine(len(problems))
+    with _bar(len(mine), 'addition', progress) as bar, ctx:
+        for i in range(0, len(mine), batch_size):
+            rows = list(mine[i:i + batch_size])
+            batch = problems[rows].to(device)
+            out = model.generate(batch[:, :prompt], L - prompt, temperature=0)
+            right[rows] = (out[:, prompt:] == batch[:, prompt:]).all(1).double()
+            bar.update(len(rows))
+    correct = int(_gathered(right).sum().item())
+    return {'acc': correct / len(problems), 'correct': correct, 'n': len(problems)}
 
 
 def run(names, model, tokenizer, ctx, data_dir=None, batch_size=8, stride=0, hellaswag_path='', wikitext_path='',
         progress=True):
-    """Run the named tasks -> {name: figures}. The model evaluates in eval mode, then returns to its mode."""
+    """Run the named tasks -> {name: figures}. The model evaluates in eval mode, then returns to its mode.
+    tokenizer: a runtime.Tokenizer, or the vocabulary to make one of (only when there are tasks)."""
+    if not names:
+        return {}
+    tokenizer = tokenizer if isinstance(tokenizer, runtime.Tokenizer) else runtime.Tokenizer(tokenizer)
     training, out = model.training, {}
     model.eval()
     for name in names:
         if name == 'hellaswag':
             out[name] = hellaswag(model, tokenizer, ctx, batch_size, hellaswag_path, progress)
+        elif name == 'addition':
+            out[name] = addition(model, tokenizer, data_dir, ctx, batch_size, progress)
         elif name == 'wikitext':
             out[name] = wikitext(model, tokenizer, ctx, batch_size, stride, wikitext_path, progress)
         else:
@@ -262,7 +342,10 @@ def run(names, model, tokenizer, ctx, data_dir=None, batch_size=8, stride=0, hel
 
 def summary(name, figures):
     """One line of a task's figures, as eval.py prints them."""
+    if name == 'addition':
+        return f"addition: accuracy {figures['acc']:.4f} ({figures['correct']}/{figures['n']})"
     if name == 'hellaswag':
         return f"hellaswag: acc {figures['acc']:.4f}, acc_norm {figures['acc_norm']:.4f} ({figures['n']} examples)"
-    return (f"{name}: loss {figures['loss']:.4f} nats/token, ppl {figures['ppl']:.3f}, bpb {figures['bpb']:.4f} "
+    bpb = f", bpb {figures['bpb']:.4f}" if figures['bpb'] is not None else ''
+    return (f"{name}: loss {figures['loss']:.4f} nats/token, ppl {figures['ppl']:.3f}{bpb} "
             f"({figures['tokens']:,} tokens)")

@@ -113,28 +113,27 @@ if master_process:
 data_dir = runtime.dataset_dir(dataset, prepare=prepare and not ddp, prepare_input=prepare_input)
 config['dataset'] = data_dir if os.path.isdir(dataset) else dataset  # a folder absolute: sample.py finds it anywhere
 data_vocab = runtime.read_vocab(data_dir) or runtime.GPT2  # {'chars': [...]}; no meta.json: GPT-2 BPE
-n_tokens = {split: runtime.split_tokens(data_dir, split, block_size) for split in ('train', 'val')}
+n_tokens = {split: runtime.split_tokens(data_dir, split, block_size, data_vocab) for split in ('train', 'val')}
 batch_gen = torch.Generator().manual_seed(seed + rank)  # training batches: a stream of their own, checkpointed
 eval_gen = torch.Generator().manual_seed(seed)  # evaluation sees the same windows every time
-eval_ix = {s: torch.randint(n_tokens[s] - block_size, (eval_iters, batch_size), generator=eval_gen)
+eval_ix = {s: runtime.starts(n_tokens[s], block_size, (eval_iters, batch_size), eval_gen, data_vocab)
            for s in ('train', 'val')}
 
 
 def get_batch(split, ix):
-    return runtime.windows(data_dir, split, ix, block_size, device)  # x, y: (len(ix), block_size)
+    return runtime.windows(data_dir, split, ix, block_size, device, data_vocab)  # x, y: (len(ix), block_size)
 
 
 def next_train_ix():
-    return torch.randint(n_tokens['train'] - block_size, (batch_size,), generator=batch_gen)
+    return runtime.starts(n_tokens['train'], block_size, (batch_size,), batch_gen, data_vocab)
 
 
 # model init ---------------------------------------------------------------------
 iter_num, best_val_loss, model_vocab = 0, float('inf'), None  # model_vocab: what its weights were trained on
 if init_from == 'scratch':
-    chars = data_vocab.get('chars')
-    try:
+    try:  # a character or image dataset's own vocabulary; BPE: GPT-2's 50257, padded to a multiple of 64
         model = GPT(GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,
-                              vocab_size=len(chars) if chars else 50304, dropout=dropout))  # 50257 padded
+                              vocab_size=runtime.vocab_size_of(data_vocab) or 50304, dropout=dropout))
     except ValueError as e:
         fail(e)
 elif init_from == 'resume':
@@ -219,8 +218,8 @@ def get_lr(it):
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (learning_rate - min_lr)
 
 
-metrics, watch = Metrics(config, ckpt, master_process), Stopwatch(device)  # the figures; the time's split
-task_names = tasks.check_names(eval_tasks, 'eval_tasks') if eval_tasks else []
+metrics, watch = Metrics(config, ckpt, master_process and not eval_only), Stopwatch(device)  # figures; time split
+task_names = tasks.prepare(eval_tasks, vocab, block_size, data_dir)  # their data read (and checked) now
 evaluated_iter = ckpt['iter_num'] if ckpt and ckpt['evaluated'] and not eval_only else None
 ckpt, saves = None, 0  # free the loaded tensors before training; saves: checkpoints this run has written
 
@@ -256,7 +255,7 @@ while True:
         losses = estimate_loss()
         stopping = losses is None
         if losses:
-            figures = tasks.run(task_names, raw_model, runtime.Tokenizer(vocab), ctx, data_dir, batch_size)
+            figures = tasks.run(task_names, raw_model, vocab, ctx, data_dir, batch_size)
             runtime.log(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
                         + ''.join(f"; {tasks.summary(name, f)}" for name, f in figures.items()))
             if sample_tokens and master_process:
@@ -265,7 +264,7 @@ while True:
             if not math.isfinite(losses['val']):
                 fail(f"val loss is {losses['val']} at iter {iter_num}; the checkpoint was left as it was")
             metrics.log(iter_num, {'eval/train_loss': losses['train'], 'eval/val_loss': losses['val'],
-                                   **{f'{name}/{k}': v for name, f in figures.items() for k, v in f.items()}})
+                                   **{f'tasks/{name}/{k}': v for name, f in figures.items() for k, v in f.items()}})
             improved, best_val_loss = losses['val'] < best_val_loss, min(best_val_loss, losses['val'])
             # at start_iter only a resumed checkpoint's postponed evaluation runs, and its weights may be the best
             if not eval_only and (iter_num > start_iter or ckpt_file) and (improved or always_save_checkpoint):
@@ -323,7 +322,8 @@ while True:
                 f"{f'{running_mfu * 100:.2f}%' if running_mfu is not None else 'n/a'}, tok/s "
                 f"{tokens_per_iter / dt:,.0f}, grad norm {norm:.4f}, lr {lr:.3e}")
     metrics.log(iter_num, {'train/loss': loss_value, 'lr': lr, 'grad_norm': norm, 'tokens_per_s': tokens_per_iter / dt,
-                           'mfu': running_mfu, 'time/iter': dt, **{f'time/{k}': v for k, v in watch.spent.items()}})
+                           'mfu': running_mfu and running_mfu * 100, 'time/iter': dt,  # mfu in %, as printed
+                           **{f'time/{k}': v for k, v in watch.spent.items()}})
     train_time, last_log_iter = 0.0, iter_num
 
 # teardown -----------------------------------------------------------------------

@@ -91,9 +91,12 @@ def test_val_loss_equals_a_plain_loop_and_repeats(trained, script):
 
 
 def test_two_processes_give_the_figures_of_one(trained, tmp_path, script):
-    one = results(script('eval.py', f'--out_dir={trained.out}', '--device=cpu', '--json=True', '--task=val'))
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
-           str(REPO / 'eval.py'), f'--out_dir={trained.out}', '--device=cpu', '--json=True', '--task=val']
+    hs = write_jsonl(tmp_path / 'hs.jsonl', [{'ctx': 'All', 'label': i % 4, 'endings': ['speak.', 'hear me', 'we', 'die']}
+                                              for i in range(5)])  # 5 examples: 3 on one process, 2 on the other
+    args = [f'--out_dir={trained.out}', '--device=cpu', '--json=True', '--task=val,hellaswag', f'--hellaswag_path={hs}']
+    one = results(script('eval.py', *args))
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', str(REPO / 'eval.py'),
+           *args]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
                        env=dict(os.environ, OMP_NUM_THREADS='1'))
     assert p.returncode == 0, p.stderr[-3000:]
@@ -102,6 +105,7 @@ def test_two_processes_give_the_figures_of_one(trained, tmp_path, script):
     two = json.loads(lines[-1])
     assert two['val']['tokens'] == one['val']['tokens']
     assert two['val']['loss'] == pytest.approx(one['val']['loss'], rel=1e-12)
+    assert two['hellaswag'] == one['hellaswag'] and one['hellaswag']['n'] == 5
 
 
 def tiny_gpt2(folder):
@@ -172,7 +176,11 @@ def test_hellaswag_on_a_character_model(trained, tmp_path, script):
     (None, "is not a file; give a local copy of hellaswag_val.jsonl"),
     ('{"ctx": "a", "endings": ["b", "c", "d", "e"], "label": 0}\nnot json\n', "line 2 is not a HellaSwag example"),
     ('{"ctx": "a", "endings": ["b", "c"], "label": 0}\n', "line 1 is not a HellaSwag example (ValueError: 'ctx' "
-                                                         "must be text, 'endings' 4 texts"),
+                                                         "must be a text, 'endings' 4 texts"),
+    # regressions: an empty context gave a traceback, a label of 1.9 or true was taken as 1
+    ('{"ctx": "", "endings": ["b", "c", "d", "e"], "label": 0}\n', "line 1 is not a HellaSwag example"),
+    ('{"ctx": "a", "endings": ["b", "c", "d", "e"], "label": 1.9}\n', "'label' an integer 0 to 3"),
+    ('{"ctx": "a", "endings": ["b", "c", "d", "e"], "label": true}\n', "'label' an integer 0 to 3"),
     ('{"ctx": "a", "label": 0}\n', "line 1 is not a HellaSwag example (it has no 'endings')"),
     ('\n', "holds no HellaSwag examples"),
 ])
@@ -194,6 +202,8 @@ def test_eval_mistakes_are_one_line(trained, tmp_path, script):
     assert_one_line_error(p, "no checkpoint")
     hf = tmp_path / 'hf'
     transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=32)).save_pretrained(hf)
+    p = script('eval.py', f'--init_from={hf}', '--task=history', check=False)
+    assert_one_line_error(p, "--task=history reads a checkpoint of train.py (--out_dir or a .pt file), not")
     p = script('eval.py', f'--init_from={hf}', '--task=val', check=False)
     assert_one_line_error(p, "--task=val needs a dataset: give --dataset=NAME")
     p = script('eval.py', f'--init_from={hf}', f'--dataset={trained.data}', check=False)

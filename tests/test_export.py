@@ -142,3 +142,16 @@ def test_an_export_fine_tuned_on_another_vocabulary_is_refused(tiny_data, char_d
     p = script('train.py', *TINY, f'--dataset={char_dataset}', f'--out_dir={tmp_path / "ft2"}',
                f'--init_from={tmp_path / "hf"}', check=False)
     assert_one_line_error(p, "the model's vocabulary (33 characters) is not the dataset's (the gpt2 BPE in")
+
+
+def test_bpe_training_needs_no_tokenizer_files(tmp_path, script, monkeypatch):
+    """Regression: every evaluation built the tokenizer for the eval tasks, even without any, so a BPE run
+    without tiktoken's files (offline) stopped at its first evaluation."""
+    import tiktoken.load
+    import tiktoken.registry
+    data = write_bpe_dataset(tmp_path / 'bpe')
+    monkeypatch.setenv('TIKTOKEN_CACHE_DIR', str(tmp_path / 'empty-cache'))  # and no network
+    monkeypatch.setattr(tiktoken.registry, 'ENCODINGS', {})
+    monkeypatch.setattr(tiktoken.load, 'read_file', lambda path: (_ for _ in ()).throw(ConnectionError('offline')))
+    script('train.py', *TINY, f'--dataset={data}', f'--out_dir={tmp_path / "out"}', '--max_iters=2')
+    assert (tmp_path / 'out' / 'ckpt.pt').exists()

@@ -2,6 +2,7 @@
 the split of the iteration's time, and eval.py's tasks run during training (eval_tasks).
 Run: python -m pytest -q tests/test_metrics.py"""
 import json
+import os
 import re
 import shutil
 import sys
@@ -65,6 +66,28 @@ def _scalars(path, tag):
                 yield event.step
 
 
+def test_eval_only_writes_no_event_files(trained_copy, tiny_data, script):
+    """Regression: eval_only, which writes nothing, wrote TensorBoard events (and a fresh model's dropped
+    the run's curves)."""
+    script('train.py', *TINY, f'--dataset={tiny_data}', f'--out_dir={trained_copy}', '--init_from=resume',
+           '--eval_only=True', '--tensorboard_log=True')
+    assert sorted(os.listdir(trained_copy)) == ['ckpt.pt']
+
+
+def test_an_eval_task_that_cannot_run_stops_the_run_before_it_trains(trained_copy, tiny_data, tmp_path, script,
+                                                                      monkeypatch):
+    """Regression: a resumed run found out at its first evaluation, eval_interval iterations later, and lost
+    them."""
+    import tasks
+    monkeypatch.setattr(tasks, 'CACHE', str(tmp_path / 'cache'))
+    monkeypatch.setattr(tasks.urllib.request, 'urlopen', lambda *a, **k: (_ for _ in ()).throw(OSError('offline')))
+    before = (trained_copy / 'ckpt.pt').read_bytes()
+    p = script('train.py', *TINY, f'--dataset={tiny_data}', f'--out_dir={trained_copy}', '--init_from=resume',
+               '--max_iters=100', '--eval_tasks=hellaswag', check=False)
+    assert_one_line_error(p, "cannot download https://raw.githubusercontent.com/rowanz/hellaswag")
+    assert 'iter 61' not in p.out and (trained_copy / 'ckpt.pt').read_bytes() == before
+
+
 def test_tensorboard_not_installed_is_one_line(tiny_data, tmp_path, script, monkeypatch):
     monkeypatch.setitem(sys.modules, 'torch.utils.tensorboard', None)  # its import then fails
     p = script('train.py', *TINY, f'--dataset={tiny_data}', f'--out_dir={tmp_path / "out"}', '--tensorboard_log=True',
@@ -106,6 +129,8 @@ def test_history_prints_and_plots(trained, tmp_path, script):
 def test_history_mistakes_are_one_line(trained_copy, tmp_path, script, monkeypatch):
     p = script('eval.py', f'--out_dir={trained_copy}', '--task=history', f'--png={tmp_path / "no" / "x.png"}', check=False)
     assert_one_line_error(p, f"cannot write {tmp_path / 'no' / 'x.png'}")
+    script('eval.py', f'--out_dir={trained_copy}', '--task=history', f'--png={tmp_path / "x.xyz"}')  # regression:
+    assert (tmp_path / 'x.xyz').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'  # matplotlib refused the name
     monkeypatch.setitem(sys.modules, 'matplotlib', None)
     p = script('eval.py', f'--out_dir={trained_copy}', '--task=history', f'--png={tmp_path / "x.png"}', check=False)
     assert_one_line_error(p, "--png needs matplotlib, which is not installed: pip install matplotlib")
@@ -118,14 +143,17 @@ def test_history_mistakes_are_one_line(trained_copy, tmp_path, script, monkeypat
 
 def test_eval_tasks_run_at_each_evaluation(tiny_data, tmp_path, script):
     out = tmp_path / 'out'
-    p = script('train.py', *TINY, f'--dataset={tiny_data}', f'--out_dir={out}', '--eval_tasks=val')
+    p = script('train.py', *TINY, f'--dataset={tiny_data}', f'--out_dir={out}', '--eval_tasks=val,train')
     lines = [line for line in p.out.splitlines() if line.startswith('step 10: ')]
     assert len(lines) == 1 and '; val: loss ' in lines[0], p.out
     logged = float(re.search(r'; val: loss ([\d.]+) nats/token', lines[0])[1])
     e = json.loads(script('eval.py', f'--out_dir={out}', '--json=True').out.strip().splitlines()[-1])
     assert logged == pytest.approx(e['val']['loss'], abs=1e-4)  # the checkpoint of step 10, evaluated again
     h = history(out)
-    assert [s for s, _ in h['val/bpb']] == [0, 5, 10] and h['val/bpb'][-1][1] == pytest.approx(e['val']['bpb'], rel=1e-5)
+    assert [s for s, _ in h['tasks/val/bpb']] == [0, 5, 10]
+    assert h['tasks/val/bpb'][-1][1] == pytest.approx(e['val']['bpb'], rel=1e-5)
+    # regression: the whole train split's loss went into the training loss's curve, two points a step
+    assert [s for s, _ in h['train/loss']] == list(range(1, 11)) and len(h['tasks/train/loss']) == 3
     p = script('train.py', *TINY, f'--dataset={tiny_data}', f'--out_dir={out}', '--eval_tasks=val,mmlu',
                '--overwrite=True', check=False)
     assert_one_line_error(p, "eval_tasks='val,mmlu': the tasks are val, train, hellaswag, wikitext")
