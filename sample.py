@@ -3,6 +3,8 @@ r"""Sample from a model trained with train.py, or from OpenAI's GPT-2 weights.
     python sample.py --out_dir=out-shakespeare-char
     python sample.py --init_from=gpt2-xl --start="What is the answer to life?" --num_samples=5 --max_new_tokens=100
     python sample.py --out_dir=out-shakespeare-char --start=FILE:prompt.txt --stop='\n\n' --temperature=0
+    python sample.py --out_dir=out-addition --start=23+45=       # an addition model: 23+45=68
+    python sample.py --out_dir=out-images --png=samples.png      # an image model: a grid of its images
 
 Samples are drawn one at a time and printed token by token as they come, or with --batch=True all at
 once (faster, printed when all are done); each is followed by a line of dashes. A sample ends early, just
