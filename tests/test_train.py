@@ -348,7 +348,7 @@ def test_a_fresh_start_does_not_overwrite_a_checkpoint(trained, trained_copy, tr
     (['--peak_flops=-1'], 'peak_flops=-1.0 must be >= 0'),
     (['--sample_tokens=-3'], 'sample_tokens=-3 must be >= 0'),
     # regression: a dataset that does not exist was sent to 'python data/nosuch/prepare.py', which neither does
-    (['--dataset=nosuch'], "no dataset 'nosuch': data/ has openwebtext, shakespeare, shakespeare_char; or give"),
+    (['--dataset=nosuch'], "no dataset 'nosuch': data/ has addition, images, openwebtext, shakespeare, shakespeare_char; or give"),
 ])
 def test_bad_settings(tiny_data, tmp_path, train, args, message):
     if args == ['--device=cuda'] and torch.cuda.is_available():
