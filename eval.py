@@ -8,8 +8,8 @@
     python eval.py --init_from=gpt2 --dataset=openwebtext --task=val,hellaswag --json=True
     torchrun --standalone --nproc_per_node=8 eval.py --init_from=gpt2-xl --task=hellaswag   # the work shared out
 
-Figures go to stdout (everything else to stderr), one line per task (history: a table); --json=True adds one JSON object, keyed by task,
-as the last line.
+Figures go to stdout (everything else to stderr), one line per task (history: a table); --json=True adds
+one JSON object, keyed by task, as the last line.
 """
 import os
 import sys
@@ -28,8 +28,7 @@ init_from = 'resume'  # 'resume' (out_dir/ckpt.pt), a .pt file, a GPT-2 name ('g
 out_dir = 'out'       # where train.py wrote ckpt.pt
 task = 'val'          # comma list: val, train (a whole split's loss), hellaswag, wikitext, addition, history
 dataset = ''          # val/train: data/<dataset> or a folder with train.bin, val.bin; '' is the checkpoint's own
-stride = 0            # val/train: a window every this many tokens, counting only those past the previous
-                      # window (more context per token, more compute); 0 is block_size: no overlap
+stride = 0            # val/train/wikitext: a window every this many tokens (more context, more compute); 0: no overlap
 hellaswag_path = ''   # a local hellaswag_val.jsonl; '' downloads it once into ~/.cache/nanogpt
 wikitext_path = ''    # a local text file instead of WikiText-2's raw test set (through datasets)
 png = ''              # history: also plot the loss curves into this PNG file (needs matplotlib)
