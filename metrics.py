@@ -77,8 +77,8 @@ class Stopwatch:
 
     def __init__(self, device):
         kind = device.split(':')[0]
-        self.sync = {'cuda': torch.cuda.synchronize, 'mps': getattr(torch, 'mps', None) and torch.mps.synchronize
-                     }.get(kind) or (lambda: None)
+        self.sync = (torch.cuda.synchronize if kind == 'cuda' else torch.mps.synchronize if kind == 'mps'
+                     else lambda: None)
         self.on, self.spent, self.phase = False, {}, None
 
     def start(self, on):

@@ -225,7 +225,7 @@ def read_vocab(folder):
         if path.endswith('.json'):
             with open(path, encoding='utf-8') as f:
                 meta = json.load(f)
-            kind = next(k for k in ('chars', 'image', 'encoding') if k in meta or k == 'encoding')
+            kind = 'chars' if 'chars' in meta else 'image' if 'image' in meta else 'encoding'
             vocab = {kind: meta[kind], **{k: meta[k] for k in EXAMPLES if k in meta}}
             example_len, loss_from = vocab.get('example_len'), vocab.get('loss_from', 0)
             if example_len is not None and not (type(example_len) is int and type(loss_from) is int

@@ -22,7 +22,6 @@ import numpy as np
 import torch
 
 import runtime
-import tasks
 from configurator import configure, drop_stdout, fail, oneline
 
 # -----------------------------------------------------------------------------
@@ -76,7 +75,8 @@ if 'addition' in tokenizer.vocab:  # a+b= is answered greedily, in plain digits
              f"digits, e.g. --start={'2' * n}+{'4' * n}=")
     a, b = int(problem[1]), int(problem[2])
     x = torch.tensor([tokenizer.encode(f"{a:0{n}d}+{b:0{n}d}=")], device=device)
-    print(f"{a}+{b}={tasks.addition_answer(model.generate(x, n + 1, temperature=0)[0, -n - 1:].tolist(), n)}")
+    answer = tokenizer.decode(model.generate(x, n + 1, temperature=0)[0, -n - 1:].tolist())  # lowest digit first
+    print(f"{a}+{b}={int(answer[::-1])}")
     sys.exit(0)
 if 'image' in tokenizer.vocab:
     from data.images.prepare import dequantise, grid

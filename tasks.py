@@ -288,11 +288,6 @@ def hellaswag(model, tokenizer, ctx, batch_size=8, path='', progress=True):
 
 
 # ----------------------------------------------------------------------------- addition
-def addition_answer(ids, digits):
-    """The sum that an addition model's n+1 answer tokens (digits, lowest first) write, as an int."""
-    return int(''.join(str(i - 1) for i in reversed(ids)))  # token 1 + d is the digit d (data/addition)
-
-
 @torch.no_grad()
 def addition(model, tokenizer, data_dir, ctx, batch_size=8, progress=True):
     """Exact-match accuracy on the held-out problems (val.bin), greedy, batched -> {'acc', 'correct', 'n'}."""

@@ -74,8 +74,9 @@ def kmeans(pixels, k, iters=20, seed=1337):
     an emptied cluster restarts at the pixels farthest from their centres."""
     g = torch.Generator().manual_seed(seed)
     x = torch.from_numpy(pixels)
-    if len(torch.unique(x, dim=0)) < k:
-        fail(f"the images have {len(torch.unique(x, dim=0))} distinct colours, fewer than k={k}; lower --k")
+    distinct = len(torch.unique(x, dim=0))
+    if distinct < k:
+        fail(f"the images have {distinct} distinct colours, fewer than k={k}; lower --k")
     centres = [x[torch.randint(len(x), (1,), generator=g)][0]]
     d2 = ((x - centres[0]) ** 2).sum(1)
     for _ in range(k - 1):
