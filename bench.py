@@ -7,10 +7,14 @@
     python bench.py --mode=sample --batch_size=1      # generation tokens/s, KV cache vs full recompute
     python bench.py --mode=sample --batch_size=1 --device=cpu --steps=1   # the same in about a minute on a CPU
     python bench.py --json=True                       # also one JSON object on stdout's last line
+    torchrun --standalone --nproc_per_node=2 bench.py --fsdp=True   # DDP, or with --fsdp=True FSDP, per process
 
 Timed steps are synchronized with the device (CUDA, MPS), so each step's time is its real duration.
 The tokens/s and MFU use the median step; MFU is against the GPU's dense bf16 peak (runtime.PEAK_FLOPS)
-and n/a where the peak is unknown (a CPU) unless --peak_flops is given.
+and n/a where the peak is unknown (a CPU) unless --peak_flops is given. Under torchrun every process
+steps on its own batch of batch_size (tokens/s counts them all) and the figures are rank 0's; "training
+state" is what it holds of the parameters, gradients and optimizer state, from their tensors' storages
+at the end of the last step (FSDP: its shards), DDP's gradient buckets not included.
 """
 import os
 import sys
@@ -22,6 +26,7 @@ import numpy as np
 import torch
 
 import runtime
+import sharding
 from configurator import configure, fail, make_dir
 from model import GPT, GPTConfig
 
@@ -52,6 +57,8 @@ seed = 1337
 device = 'auto' # 'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:1', 'mps'
 dtype = 'auto' # 'auto', 'float32', 'bfloat16' or 'float16' (float16: with a GradScaler, as in train.py)
 compile = True # torch.compile the model (train mode), on CUDA only as in train.py
+fsdp = False # under torchrun: shard the model with FSDP instead of DDP (train mode), as train.py does
+activation_checkpointing = False # recompute each Block's activations in the backward pass, as train.py does
 num_threads = 0 # CPU threads for torch (torch.set_num_threads); 0 keeps torch's default
 peak_flops = 0.0 # device peak FLOP/s for MFU; 0.0: the CUDA device's bf16 peak from runtime.PEAK_FLOPS
 # output
@@ -68,7 +75,15 @@ if mode not in ('train', 'sample'):
     fail(f"mode={mode!r}: use 'train' or 'sample'")
 if profile:
     make_dir(profile_dir, 'profile_dir')
-device, device_type, dtype, ctx = runtime.setup_device(device, dtype)
+ddp, rank, local_rank, world_size = runtime.ranks()  # launched by torchrun
+if ddp and mode != 'train':
+    fail("under torchrun bench.py times training steps only: leave out --mode=sample")
+device, device_type, dtype, ctx = runtime.setup_device(device, dtype, local_rank if ddp else None, not fsdp)
+sharding.check(fsdp, ddp, dtype, '')
+if ddp:
+    runtime.init_distributed('', device_type)
+if rank:  # one process reports
+    sys.stdout = open(os.devnull, 'w')
 if device_type == 'cpu' and not any(k in given for k in SIZES):
     fail("bench.py's defaults are GPT-2 124M at batch 12 x 1024, a GPU's size (~15 GB and minutes a step on a "
          "CPU); on a CPU run  python bench.py config/bench_cpu_tiny.py, or give the sizes (--batch_size, ...)")
@@ -108,7 +123,7 @@ else:
 # ---------------------------------------------------------------------------- model
 try:
     model = GPT(GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head,
-                          n_embd=n_embd, bias=bias, dropout=dropout)).to(device)
+                          n_embd=n_embd, bias=bias, dropout=dropout))
 except ValueError as e:  # e.g. n_embd not divisible by n_head
     fail(e)
 n_params = model.get_num_params()
@@ -160,12 +175,16 @@ if mode == 'sample':
     print(f"KV cache speedup: {result['cache_speedup']:.2f}x")
 else:
     # ------------------------------------------------------------------------ training step
+    compile = runtime.use_compile(compile, device_type)
+    model = raw_model = sharding.place(model, device, dtype, fsdp, activation_checkpointing, compile)
     optimizer = model.configure_optimizers(weight_decay, learning_rate, (0.9, 0.95), device_type)
     scaler = runtime.grad_scaler(device_type, dtype)
-    raw_model = model
-    compile = runtime.use_compile(compile, device_type)
-    if compile:
+    if compile and not fsdp:
         model = torch.compile(model)
+    if ddp and not fsdp:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        model = DDP(model, device_ids=[local_rank] if device_type == 'cuda' else None)
+    held = {}  # training state in bytes, at the end of the last step
 
     def train_step(x, y):
         with ctx:
@@ -176,6 +195,7 @@ else:
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         scaler.step(optimizer)
         scaler.update()
+        held.update(sharding.state_bytes(raw_model, optimizer))
         optimizer.zero_grad(set_to_none=True)
         return loss
 
@@ -207,19 +227,26 @@ else:
     s = summary(times[warmup:])
     dt = s['ms_median'] / 1000
     s['first_step_ms'] = times[0] * 1000  # includes compilation with compile=True
-    s['tokens_per_s'] = batch_size * block_size / dt
+    s['tokens_per_s'] = world_size * batch_size * block_size / dt
     s['mfu'] = raw_model.estimate_mfu(batch_size, dt, runtime.peak_flops(device, peak_flops))
     s['peak_mem_mb'], s['mem_kind'] = peak_memory_mb()
     s['loss'] = loss.item()
-    result.update(s, compile=compile, real_data=real_data, steps=steps, warmup=warmup)
+    s['state_mb'] = {k: v / 2**20 for k, v in held.items()}
+    result.update(s, compile=compile, real_data=real_data, steps=steps, warmup=warmup, processes=world_size,
+                  fsdp=fsdp, activation_checkpointing=activation_checkpointing)
     mfu = f"{s['mfu'] * 100:.2f}%" if s['mfu'] is not None else 'n/a'
     print(f"{steps} steps after {warmup} burn-in: {s['ms_median']:.2f} ms/iter median "
           f"(min {s['ms_min']:.2f}, max {s['ms_max']:.2f}), {s['tokens_per_s']:,.0f} tokens/s, mfu {mfu}, "
           f"peak memory {s['peak_mem_mb']:,.0f} MiB ({s['mem_kind']}); first step {s['first_step_ms']:.0f} ms, "
           f"loss {s['loss']:.4f}")
+    print(f"{world_size} process(es), {'FSDP' if fsdp else 'DDP' if ddp else 'no DDP'}: training state per process "
+          f"{sum(s['state_mb'].values()):,.1f} MiB (" + ', '.join(f"{k} {v:,.1f}" for k, v in s['state_mb'].items())
+          + ")")
     if profile:
         print(f"profiler trace written to {profile_dir}/ (tensorboard --logdir={profile_dir}, or load the "
               f".json in ui.perfetto.dev)")
 
 if json:
     print(dumps(result))
+if ddp:
+    runtime.finish(raw_model, True, 0, check=False)  # the JSON stays the last line

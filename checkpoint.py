@@ -11,9 +11,12 @@ A checkpoint is a dict of tensors and plain Python (torch.load's weights_only=Tr
     checksum          sha256 of every tensor above, checked on loading
 out_dir/ckpt.pt is the run's checkpoint. With always_save_checkpoint=False it holds the best val loss, and
 a stop writes the state it stopped in to out_dir/interrupted.pt instead; resuming prefers that file.
+An FSDP run writes the same roles as sharded folders, ckpt.dcp and interrupted.dcp (sharding.py); load()
+reads those too. Writing one format's checkpoint removes the other's older one (stale()).
 """
 import hashlib
 import os
+import shutil
 
 import torch
 import torch.distributed as dist
@@ -22,6 +25,7 @@ from configurator import fail, oneline
 from model import GPT, GPTConfig
 
 CKPT, INTERRUPTED = 'ckpt.pt', 'interrupted.pt'
+SHARDED = ('ckpt.dcp', 'interrupted.dcp')  # FSDP's sharded checkpoints (folders, sharding.py), same roles
 SHAPE = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias')  # settings a checkpoint's weights fix
 FOR_SAMPLING = ('model', 'model_args')
 FOR_RESUMING = FOR_SAMPLING + ('optimizer', 'iter_num', 'best_val_loss', 'config')
@@ -66,11 +70,11 @@ def save(path, ckpt):
 
 
 def write(out_dir, name, ckpt):
-    """save() as out_dir/name -> a line for the log. Writing ckpt.pt makes an interrupted.pt stale."""
+    """save() as out_dir/name -> a line for the log."""
     path, best = os.path.join(out_dir, name), os.path.join(out_dir, CKPT)
     save(path, ckpt)
+    remove(out_dir, *stale(name))
     if name == CKPT:
-        remove(out_dir, INTERRUPTED)  # older than this: resume reads ckpt.pt again
         return f"saved checkpoint to {path} (iter {ckpt['iter_num']})"
     return (f"saved checkpoint to {path} (iter {ckpt['iter_num']}); " +
             (f"{best} keeps the best val loss ({ckpt['best_val_loss']:.4f})" if os.path.exists(best) else
@@ -81,6 +85,11 @@ def load(path, keys=FOR_RESUMING):
     """Read a checkpoint -> (checkpoint, notes). It fails in one line if the file cannot be read, lacks
     one of keys or does not match its checksum; keys that older checkpoints lack are filled in, with a
     note for each that matters."""
+    if is_sharded(path):  # an FSDP run's, gathered whole here
+        import sharding
+        return sharding.gather(path, with_optimizer='optimizer' in keys)
+    if os.path.isdir(path):
+        fail(f"{path} is a folder, not a checkpoint file")
     try:  # onto the CPU first: the GPU that saved it may not be this one
         ckpt = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:  # truncated, empty, not torch.save output: torch raises many types
@@ -104,24 +113,48 @@ def load(path, keys=FOR_RESUMING):
 
 def build_model(ckpt, path, **overrides):
     """The GPT whose weights ckpt holds (overrides: e.g. another dropout); fails in one line if they do
-    not fit this model.py."""
+    not fit this model.py. A sharded checkpoint's meta.pt has no weights: the model is built on the meta
+    device, for sharding.restore to fill once it is sharded."""
     try:
-        model = GPT(GPTConfig(**{**ckpt['model_args'], **overrides}))
+        with torch.device('cpu' if 'model' in ckpt else 'meta'):
+            model = GPT(GPTConfig(**{**ckpt['model_args'], **overrides}))
         # nanoGPT saved a compiled model's state dict, whose keys carry torch.compile's prefix
-        model.load_state_dict({k.removeprefix('_orig_mod.'): v for k, v in ckpt['model'].items()})
+        if 'model' in ckpt:
+            model.load_state_dict({k.removeprefix('_orig_mod.'): v for k, v in ckpt['model'].items()})
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         fail(f"{path} does not match this model.py: {oneline(e)}")
     return model
 
 
-def for_resume(out_dir, given):
-    """The checkpoint --init_from=resume continues -> (checkpoint, its path, notes): a stop's
-    interrupted.pt if there is one, else ckpt.pt. Every shape setting the user gave must match it."""
-    path = os.path.join(out_dir, INTERRUPTED)
-    path = path if os.path.exists(path) else os.path.join(out_dir, CKPT)
-    if not os.path.exists(path):
-        fail(f"--init_from=resume but {path} does not exist; train first or set --out_dir")
-    ckpt, notes = load(path)
+def is_sharded(path):
+    """Whether path is a sharded checkpoint's folder (ckpt.dcp, interrupted.dcp, or a save's .old)."""
+    return os.path.isdir(path) and path.rstrip(os.sep).endswith(('.dcp', '.dcp.old'))
+
+
+def find(out_dir, sharded=False, roles=(INTERRUPTED, CKPT)):
+    """The checkpoint in out_dir to continue from: a stop's interrupted.pt if there is one, else ckpt.pt,
+    each a file or (an FSDP run's) a sharded folder; sharded: the folder first. None if there is none."""
+    for name in roles:
+        pair = (SHARDED[(CKPT, INTERRUPTED).index(name)], name)
+        for path in (os.path.join(out_dir, n) for n in (pair if sharded else pair[::-1])):
+            if os.path.exists(path):
+                return path
+            if path.endswith('.dcp') and os.path.isdir(path + '.old'):  # a save stopped between its renames
+                return path + '.old'
+    return None
+
+
+def for_resume(out_dir, given, sharded=False):
+    """The checkpoint --init_from=resume continues -> (checkpoint, its path, notes), see find(); sharded
+    (an FSDP run) reads a folder's meta.pt alone. Every shape setting the user gave must match it."""
+    path = find(out_dir, sharded)
+    if path is None:
+        fail(f"--init_from=resume but {os.path.join(out_dir, CKPT)} does not exist; train first or set --out_dir")
+    if sharded and is_sharded(path):
+        import sharding
+        ckpt, notes = sharding.read_meta(path)
+    else:
+        ckpt, notes = load(path)
     args = ckpt['model_args']
     clash = [f"{k}: checkpoint {args[k]}, requested {given[k]}" for k in SHAPE if k in given and given[k] != args[k]]
     if clash:
@@ -131,26 +164,42 @@ def for_resume(out_dir, given):
 
 
 def remove(out_dir, *names):
-    """Delete the named checkpoints in out_dir that exist."""
-    for name in names:
-        if os.path.exists(os.path.join(out_dir, name)):
-            os.remove(os.path.join(out_dir, name))
+    """Delete the named checkpoints in out_dir that exist (files, or sharded folders)."""
+    for path in (os.path.join(out_dir, name) for name in names):
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
+
+
+def stale(name):
+    """What writing checkpoint `name` leaves behind the run, to be removed: a ckpt.pt or ckpt.dcp makes
+    every interrupted one and the other ckpt stale (resume would read it again), an interrupted one the
+    other interrupted one."""
+    names = [CKPT, INTERRUPTED, *SHARDED]
+    other = names[names.index(name) ^ 2]
+    return [other] + ([INTERRUPTED, SHARDED[1]] if name in (CKPT, SHARDED[0]) else [])
 
 
 def refuse_overwrite(out_dir):
     """A fresh start must not silently replace the checkpoints of an earlier run in out_dir."""
-    there = [f for f in (CKPT, INTERRUPTED) if os.path.exists(os.path.join(out_dir, f))]
+    there = [f for f in (CKPT, INTERRUPTED, *SHARDED) if os.path.exists(os.path.join(out_dir, f))]
     if there:
         fail(f"{out_dir} already holds {' and '.join(there)} of an earlier run; continue it with "
              f"--init_from=resume, or start afresh over it with --overwrite=True (or another --out_dir)")
 
 
-def restore(ckpt, path, optimizer, scaler):
+def restore(ckpt, path, optimizer, scaler, sharded_model=None):
     """Load the optimizer's and GradScaler's state; this run's AdamW settings (betas, weight decay) stay.
+    sharded_model: an FSDP model, for sharding.restore (which loads a sharded checkpoint's weights too).
     Returns a note for the log when an enabled GradScaler finds no state to take up."""
     settings = [{k: g[k] for k in ('betas', 'weight_decay')} for g in optimizer.param_groups]
     try:
-        optimizer.load_state_dict(ckpt['optimizer'])
+        if sharded_model:
+            import sharding
+            sharding.restore(ckpt, path, sharded_model, optimizer)
+        else:
+            optimizer.load_state_dict(ckpt['optimizer'])
         if ckpt['scaler']:  # {} from a run without float16: an enabled scaler starts afresh
             scaler.load_state_dict(ckpt['scaler'])
     except (ValueError, KeyError, RuntimeError) as e:

@@ -18,6 +18,7 @@ from json import dumps
 
 import torch
 
+import checkpoint
 import metrics
 import runtime
 import tasks
@@ -50,6 +51,7 @@ if 'history' in names and not (init_from == 'resume' or init_from.endswith('.pt'
 ddp, rank, local_rank, world_size = runtime.ranks()
 device, device_type, dtype, ctx = runtime.setup_device(device, dtype, local_rank if ddp else None)
 model, vocab, where, ckpt = runtime.load_model(init_from, out_dir)
+source = checkpoint.find(out_dir, roles=(checkpoint.CKPT,)) if init_from == 'resume' else init_from  # or ckpt.dcp
 block_size = model.config.block_size
 if stride > block_size:
     fail(f"stride={stride} is longer than the model's block_size of {block_size}: tokens would be skipped")
@@ -70,13 +72,13 @@ model.to(device)
 if runtime.use_compile(compile, device_type, rank == 0):
     model = torch.compile(model)
 if rank == 0:
-    print(f"{init_from if init_from != 'resume' else os.path.join(out_dir, 'ckpt.pt')}: "
+    print(f"{source}: "
           f"{model.get_num_params() / 1e6:.2f}M parameters, block_size {block_size}, on {device} in {dtype}"
           + (f", {world_size} processes" if ddp else ""), file=sys.stderr)
 results = {}
 for name in names:
     if name == 'history':  # what the run logged, from its checkpoint
-        history = metrics.read_history(ckpt, os.path.join(out_dir, 'ckpt.pt') if init_from == 'resume' else init_from)
+        history = metrics.read_history(ckpt, source)
         results[name] = {k: [list(p) for p in zip(*v)] for k, v in history.items()}  # [[step, value], ...]
         if rank == 0:
             print('\n'.join(metrics.history_lines(history)), flush=True)

@@ -1,7 +1,9 @@
-"""Export a checkpoint for use elsewhere: a Hugging Face transformers folder, or a small weights-only file.
+"""Export a checkpoint for use elsewhere: a Hugging Face transformers folder, a small weights-only file, or
+an FSDP run's sharded checkpoint as one ckpt.pt.
 
     python export.py --out_dir=out-shakespeare-char --hf_dir=hf-shakespeare-char
     python export.py --out_dir=out-shakespeare-char --weights=shakespeare-char.pt
+    python export.py --out_dir=out-fsdp --consolidate=True
 
 --hf_dir writes what transformers.AutoModelForCausalLM.from_pretrained loads as a GPT-2: config.json and
 model.safetensors (float32, by transformers' save_pretrained), meta.json (the vocabulary, as datasets and
@@ -13,6 +15,9 @@ token's logit depends on them. The folder is read back and its logits compared w
 sample.py take it as --init_from.
 --weights writes the model, its shape and its vocabulary without the optimizer state (about a third of
 ckpt.pt's size), for sharing: sample.py reads it as --init_from=FILE.pt.
+--consolidate gathers out_dir/ckpt.dcp (FSDP's shards) into out_dir/ckpt.pt, optimizer state included: the
+file that DDP and single-process runs write, to copy elsewhere or to read with nanoGPT-style tools. (Every
+script here reads ckpt.dcp as it is, too.) The model and its optimizer state must fit this machine's memory.
 """
 import json
 import os
@@ -27,6 +32,7 @@ from configurator import configure, fail, make_dir, oneline
 out_dir = 'out'  # the checkpoint to export: out_dir/ckpt.pt
 hf_dir = ''      # write a Hugging Face transformers folder here
 weights = ''     # write a weights-only checkpoint here (a .pt file)
+consolidate = False  # write out_dir/ckpt.pt from the sharded out_dir/ckpt.dcp of an FSDP run
 # -----------------------------------------------------------------------------
 configure(globals())
 # -----------------------------------------------------------------------------
@@ -36,17 +42,26 @@ GPT2_FILES = {'vocab.json': ('encoder.json', '196139668be63f3b5d6574427317ae82f6
 GPT2_URL = 'https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/'
 TOKENIZER_FILES = ('vocab.json', 'merges.txt', 'tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json')
 
-if not hf_dir and not weights:
-    fail("nothing to export to: give --hf_dir=FOLDER (Hugging Face transformers) and/or --weights=FILE.pt")
+if not (hf_dir or weights or consolidate):
+    fail("nothing to export to: give --hf_dir=FOLDER (Hugging Face transformers), --weights=FILE.pt and/or "
+         "--consolidate=True")
 if weights and not weights.endswith('.pt'):
     fail(f"--weights={weights}: give a file name ending in .pt (sample.py reads it as --init_from=FILE.pt)")
-ckpt_path = os.path.join(out_dir, checkpoint.CKPT)
-if weights and os.path.abspath(weights) in (os.path.abspath(ckpt_path), os.path.join(os.path.abspath(out_dir),
-                                                                                      checkpoint.INTERRUPTED)):
+if weights and os.path.abspath(weights) in [os.path.abspath(os.path.join(out_dir, n))
+                                            for n in (checkpoint.CKPT, checkpoint.INTERRUPTED)]:
     fail(f"--weights={weights} would overwrite the training checkpoint; give another file name")
-if not os.path.isfile(ckpt_path):
-    fail(f"no checkpoint {ckpt_path}; train one first, or point --out_dir at the folder that holds it")
-ckpt, _ = checkpoint.load(ckpt_path, checkpoint.FOR_SAMPLING)
+sharded = os.path.join(out_dir, checkpoint.SHARDED[0])
+if consolidate and not os.path.isdir(sharded):
+    fail(f"--consolidate=True: no sharded checkpoint {sharded}; it is what an FSDP run (--fsdp=True) writes")
+ckpt_path = checkpoint.find(out_dir, sharded=consolidate, roles=(checkpoint.CKPT,))
+if ckpt_path is None:
+    fail(f"no checkpoint {os.path.join(out_dir, checkpoint.CKPT)}; train one first, or point --out_dir at the "
+         f"folder that holds it")
+ckpt, _ = checkpoint.load(ckpt_path, checkpoint.FOR_RESUMING if consolidate else checkpoint.FOR_SAMPLING)
+if consolidate:
+    path = os.path.join(out_dir, checkpoint.CKPT)
+    checkpoint.save(path, ckpt)  # the same state as the folder: the folder stays, for FSDP runs to resume
+    print(f"wrote {path} ({os.path.getsize(path) / 2**20:.1f} MiB) from {sharded} (iter {ckpt['iter_num']})")
 model = checkpoint.build_model(ckpt, ckpt_path, dropout=0.0).eval()
 vocab = runtime.check_vocab(model.config.vocab_size, *runtime.checkpoint_vocab(ckpt, ckpt_path))
 
@@ -54,8 +69,10 @@ if weights:
     make_dir(os.path.dirname(os.path.abspath(weights)), 'weights')
     checkpoint.save(weights, {'model': ckpt['model'], 'model_args': ckpt['model_args'], 'tokenizer': vocab,
                               **{k: ckpt[k] for k in ('iter_num', 'best_val_loss', 'config') if k in ckpt}})
+    size = sum(os.path.getsize(os.path.join(ckpt_path, f)) for f in os.listdir(ckpt_path)) \
+        if os.path.isdir(ckpt_path) else os.path.getsize(ckpt_path)
     print(f"wrote {weights} ({os.path.getsize(weights) / 2**20:.1f} MiB, {ckpt_path} has "
-          f"{os.path.getsize(ckpt_path) / 2**20:.1f}); sample with  python sample.py --init_from={weights}")
+          f"{size / 2**20:.1f}); sample with  python sample.py --init_from={weights}")
 
 if hf_dir:
     make_dir(hf_dir, 'hf_dir')

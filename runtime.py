@@ -78,9 +78,9 @@ def resolve_dtype(device, dtype='auto'):
     return dtype
 
 
-def setup_device(device='auto', dtype='auto', local_rank=None):
-    """Resolve device and dtype -> (device, device_type, dtype, autocast context). Under torchrun
-    (local_rank given) a bare 'cuda' becomes this process's GPU, cuda:LOCAL_RANK."""
+def setup_device(device='auto', dtype='auto', local_rank=None, autocast=True):
+    """Resolve device and dtype -> (device, device_type, dtype, autocast context; a no-op without autocast).
+    Under torchrun (local_rank given) a bare 'cuda' becomes this process's GPU, cuda:LOCAL_RANK."""
     if local_rank is not None and device.startswith('cuda:'):
         fail(f"--device={device}: under torchrun each process takes GPU LOCAL_RANK; use --device=cuda and "
              f"choose the GPUs with CUDA_VISIBLE_DEVICES")
@@ -98,7 +98,8 @@ def setup_device(device='auto', dtype='auto', local_rank=None):
         # (AMX): not float32 any more, and 2x slower for our shapes on a Xeon that has it
         torch.set_float32_matmul_precision('high')
     ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
-    ctx = nullcontext() if dtype == 'float32' else torch.autocast(device_type=device_type, dtype=ptdtype)
+    autocasts = autocast and dtype != 'float32'
+    ctx = torch.autocast(device_type=device_type, dtype=ptdtype) if autocasts else nullcontext()
     return device, device_type, dtype, ctx
 
 
@@ -121,6 +122,15 @@ def ranks():
     if 'RANK' not in os.environ:
         return False, 0, 0, 1
     return True, *(int(os.environ[k]) for k in ('RANK', 'LOCAL_RANK', 'WORLD_SIZE'))
+
+
+def sync_gradients(model, sync):
+    """Whether the next backward pass syncs the gradients across processes: False accumulates them locally,
+    as DDP's no_sync() does; under FSDP they are then also kept whole until the backward that syncs."""
+    if hasattr(model, 'set_requires_gradient_sync'):  # FSDP: reduce-scatter
+        model.set_requires_gradient_sync(sync)
+    else:  # DDP: all-reduce; setting the flag does what no_sync() does
+        model.require_backward_grad_sync = sync
 
 
 def init_distributed(backend, device_type):
@@ -266,13 +276,14 @@ def checkpoint_vocab(ckpt, path):
 
 def load_model(init_from, out_dir):
     """The model sample.py and eval.py read -> (model in eval mode on the CPU, its vocabulary or None, where
-    that is, its checkpoint or None): out_dir/ckpt.pt ('resume'), a .pt file (export.py --weights), a
-    GPT-2 name or a Hugging Face folder."""
+    that is, its checkpoint or None): out_dir/ckpt.pt or else an FSDP run's ckpt.dcp ('resume'), a .pt file
+    (export.py --weights), a GPT-2 name or a Hugging Face folder."""
     if init_from == 'resume' or init_from.endswith('.pt'):
-        path = os.path.join(out_dir, checkpoint.CKPT) if init_from == 'resume' else init_from
-        if os.path.isdir(path):
+        path = init_from if init_from != 'resume' else (checkpoint.find(out_dir, roles=(checkpoint.CKPT,)) or
+                                                         os.path.join(out_dir, checkpoint.CKPT))
+        if os.path.isdir(path) and not checkpoint.is_sharded(path):
             fail(f"{path} is a folder, not a checkpoint file")
-        if not os.path.isfile(path):
+        if not os.path.exists(path):
             folder = os.path.dirname(path) or '.'
             there = (f"{folder} does not exist" if not os.path.isdir(folder) else
                      f"{folder} holds: {', '.join(sorted(os.listdir(folder))[:8]) or 'nothing'}")
@@ -289,6 +300,22 @@ def load_model(init_from, out_dir):
         fail(e)
     vocab = read_vocab(init_from) if os.path.isdir(init_from) else None  # an export holds its own
     return model.eval(), vocab, os.path.join(init_from, 'meta.json'), None
+
+
+def pretrained(init_from, dropout, block_size, reader=None):
+    """GPT-2 weights (a gpt2* name or a Hugging Face folder) cut to block_size -> (model, the vocabulary its
+    weights were trained on). reader: what reads them, GPT.from_pretrained's signature (FSDP's reads them
+    in rank 0 alone)."""
+    try:
+        model = (reader or GPT.from_pretrained)(init_from, dict(dropout=dropout))
+    except ValueError as e:
+        fail(e)
+    if block_size > model.config.block_size:
+        fail(f"block_size={block_size} is longer than the context of {init_from} ({model.config.block_size}); "
+             f"use --block_size={model.config.block_size} or less")
+    if block_size < model.config.block_size:
+        model.crop_block_size(block_size)  # e.g. finetune with a shorter context than GPT-2's 1024
+    return model, read_vocab(init_from) if os.path.isdir(init_from) else GPT2  # an export holds its own
 
 
 def vocab_size_of(vocab):
@@ -441,15 +468,16 @@ def log(msg):
         stop_signal = stop_signal or signal.SIGPIPE
 
 
-def finish(model, ddp, exit_code):
-    """End the run with exit_code; under DDP first check that every process holds the same parameters,
-    which DDP keeps identical by construction."""
-    if ddp:
+def finish(model, ddp, exit_code, check=True):
+    """End the run with exit_code; under DDP first check (unless not check) that every process holds the
+    same parameters, which DDP keeps identical by construction."""
+    if ddp and check and not any(type(p).__name__ == 'DTensor' for p in model.parameters()):  # FSDP's differ
         digests = [None] * dist.get_world_size()
         dist.all_gather_object(digests, checkpoint.digest(dict(model.named_parameters())))
         if dist.get_rank() == 0:
             print(f"parameters identical on all {len(digests)} processes" if len(set(digests)) == 1 else
                   f"warning: parameters differ across processes: {digests}")
+    if ddp:
         dist.destroy_process_group()
         # gloo can still abort during interpreter teardown ('terminate called without an active exception',
         # about 1 run in 10 on CPU here, after destroy_process_group); all is saved and flushed by now

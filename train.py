@@ -3,7 +3,7 @@
 One GPU, or a laptop (device and dtype are picked automatically; see README for a small CPU recipe):
 $ python train.py config/train_shakespeare_char.py
 $ python train.py config/train_shakespeare_char.py --device=cpu --compile=False --max_iters=2000
-DDP on one node with 8 GPUs (or 2 CPU processes with --device=cpu, over gloo):
+DDP on one node with 8 GPUs (or 2 CPU processes with --device=cpu, over gloo); FSDP with --fsdp=True:
 $ torchrun --standalone --nproc_per_node=8 train.py
 DDP on 2 nodes of 8 GPUs each (add NCCL_IB_DISABLE=1 without InfiniBand):
 $ torchrun --nproc_per_node=8 --nnodes=2 --node_rank=0 --master_addr=10.0.0.1 --master_port=1234 train.py
@@ -24,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import checkpoint
 import runtime
+import sharding
 import tasks
 from configurator import configure, fail, make_dir
 from metrics import Metrics, Stopwatch
@@ -72,8 +73,10 @@ decay_lr = True              # warmup then cosine decay; False keeps learning_ra
 warmup_iters = 2000
 lr_decay_iters = 600000      # ~= max_iters per Chinchilla
 min_lr = 6e-5                # ~= learning_rate / 10 per Chinchilla
-# DDP
+# DDP and FSDP (README: "Bigger models")
 backend = ''                 # '' picks 'nccl' on CUDA, 'gloo' otherwise
+fsdp = False                 # under torchrun: shard parameters, gradients and AdamW state over the processes
+activation_checkpointing = False  # recompute each Block's activations in the backward pass: less memory
 # system
 device = 'auto'              # 'auto' | 'cpu' | 'cuda' | 'cuda:N' | 'mps'
 dtype = 'auto'               # 'auto' | 'float32' | 'bfloat16' | 'float16' (float16: with a GradScaler)
@@ -91,19 +94,20 @@ config, given = configure(globals())  # config files, then --key=value: every fi
 ddp, rank, local_rank, world_size = runtime.ranks()  # ddp: launched by torchrun
 master_process = rank == 0
 if gradient_accumulation_steps % world_size:  # checked by every process before any collective: no hang
-    fail(f"gradient_accumulation_steps={gradient_accumulation_steps} is not divisible by the {world_size} DDP "
+    fail(f"gradient_accumulation_steps={gradient_accumulation_steps} is not divisible by the {world_size} "
          f"processes; make it a multiple of {world_size}")
 gradient_accumulation_steps //= world_size
-device, device_type, dtype, ctx = runtime.setup_device(device, dtype, local_rank if ddp else None)
+device, device_type, dtype, ctx = runtime.setup_device(device, dtype, local_rank if ddp else None, not fsdp)
+sharding.check(fsdp, ddp, dtype, eval_tasks)  # FSDP: its own mixed precision in place of autocast (ctx)
 ckpt = ckpt_file = None
 if init_from == 'resume':  # the checkpoint fixes the model's shape
-    ckpt, ckpt_file, notes = checkpoint.for_resume(out_dir, given)
+    ckpt, ckpt_file, notes = checkpoint.for_resume(out_dir, given, sharded=fsdp)
     block_size = ckpt['model_args']['block_size']
 elif not (eval_only or overwrite):
     checkpoint.refuse_overwrite(out_dir)
 if ddp:
     runtime.init_distributed(backend, device_type)
-torch.manual_seed(seed + rank)  # dropout masks differ across processes
+torch.manual_seed(seed)  # every process builds the same initial weights (FSDP's shards must fit together)
 tokens_per_iter = gradient_accumulation_steps * world_size * batch_size * block_size
 if master_process:
     print(f"device {device}, dtype {dtype}, {world_size} process(es), tokens per iteration {tokens_per_iter:,}")
@@ -139,29 +143,23 @@ if init_from == 'scratch':
 elif init_from == 'resume':
     model = checkpoint.build_model(ckpt, ckpt_file, dropout=dropout)
     iter_num, best_val_loss, model_vocab = ckpt['iter_num'], ckpt['best_val_loss'], ckpt['tokenizer']
-elif init_from.startswith('gpt2') or os.path.isdir(init_from):
-    try:
-        model = GPT.from_pretrained(init_from, dict(dropout=dropout))
-    except ValueError as e:
-        fail(e)
-    model_vocab = runtime.read_vocab(init_from) if os.path.isdir(init_from) else runtime.GPT2  # an export's own
-    if block_size > model.config.block_size:
-        fail(f"block_size={block_size} is longer than the context of {init_from} ({model.config.block_size}); "
-             f"use --block_size={model.config.block_size} or less")
-    if block_size < model.config.block_size:
-        model.crop_block_size(block_size)  # e.g. finetune with a shorter context than GPT-2's 1024
+elif init_from.startswith('gpt2') or os.path.isdir(init_from):  # under FSDP rank 0 alone reads the weights
+    model, model_vocab = runtime.pretrained(init_from, dropout, block_size, fsdp and sharding.pretrained)
 else:
     fail(f"init_from={init_from!r}: use 'scratch', 'resume', a gpt2* name or a Hugging Face model directory"
          + (" (a .pt file from export.py is for sample.py)" if init_from.endswith('.pt') else ""))
 vocab = runtime.check_vocab(model.config.vocab_size, model_vocab, runtime.vocab_file(data_dir), data_vocab)
 config.update({k: getattr(model.config, k) for k in checkpoint.SHAPE})  # the weights decide the shape
-model.to(device)
+torch.manual_seed(seed + rank)  # dropout masks differ across processes
+compiling = runtime.use_compile(compile, device_type, master_process)
+model = sharding.place(model, device, dtype, fsdp, activation_checkpointing, compiling,
+                       from_rank0=init_from not in ('scratch', 'resume'))  # moved to the device, or sharded
 if master_process:
     print(f"vocab_size {model.config.vocab_size}: " + ("characters" if 'chars' in vocab else "GPT-2 BPE"))
     if not eval_only:  # eval_only writes nothing; every setting has been checked by now
         make_dir(out_dir)
         if overwrite and init_from != 'resume':
-            checkpoint.remove(out_dir, checkpoint.CKPT, checkpoint.INTERRUPTED)  # the earlier run's
+            checkpoint.remove(out_dir, checkpoint.CKPT, checkpoint.INTERRUPTED, *checkpoint.SHARDED)  # earlier run's
 
 # optimizer, GradScaler, compile, DDP -------------------------------------------
 scaler = runtime.grad_scaler(device_type, dtype)
@@ -169,40 +167,40 @@ try:
     optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type, master_process)
 except ValueError as e:  # torch's checks, e.g. "Invalid beta parameter at index 0: 2.0"
     fail(f"{e}; check learning_rate, beta1, beta2 and weight_decay")
-if ckpt is not None:
-    notes.append(checkpoint.restore(ckpt, ckpt_file, optimizer, scaler))
+if ckpt is not None:  # under FSDP: sharded across the processes (from a sharded checkpoint, the weights too)
+    notes.append(checkpoint.restore(ckpt, ckpt_file, optimizer, scaler, sharded_model=fsdp and model))
     notes.append(checkpoint.restore_rng(ckpt['rng'], batch_gen, device, seed + rank + 1009 * iter_num))
     notes.append(f"max_iters={max_iters} is reached already: raise it to train on" if iter_num >= max_iters else None)
     if master_process:
         print(checkpoint.resume_report(ckpt, ckpt_file, config, notes))
-raw_model = model  # unwrapped and uncompiled: what checkpoints store
-if runtime.use_compile(compile, device_type, master_process):
+raw_model = model  # unwrapped and uncompiled: what checkpoints store (FSDP: sharded, its Blocks compiled)
+if compiling and not fsdp:
     model = torch.compile(model)
 eval_model = model  # evaluation never goes through the DDP wrapper (its forward may sync)
-if ddp:
+if ddp and not fsdp:
     model = DDP(model, device_ids=[local_rank] if device_type == 'cuda' else None)
 
 
 @torch.no_grad()
 def estimate_loss():
-    """Mean loss per split over the fixed evaluation windows, which the processes share out; None if a
-    stop came on the way (checked between batches, so Ctrl-C need not wait for a long evaluation)."""
+    """Mean loss per split over the fixed evaluation windows, which the processes share out in equal turns;
+    None if a stop came on the way (checked between batches, but not under FSDP, whose processes compute together)."""
     out = {}
     eval_model.eval()
     for split in ('train', 'val'):
-        losses = torch.zeros(eval_iters + 1, device=device)  # one slot per batch, then a stop flag
-        for k in range(rank, eval_iters, world_size):
-            if runtime.stop_signal is not None:
+        losses = torch.zeros(eval_iters + world_size, device=device)  # a slot per batch, spares, a stop flag
+        for k in range(rank, -(-eval_iters // world_size) * world_size, world_size):
+            if runtime.stop_signal is not None and not fsdp:
                 losses[-1] = 1
                 break
             with ctx:
-                losses[k] = eval_model(*get_batch(split, eval_ix[split][k]))[1]
+                losses[k] = eval_model(*get_batch(split, eval_ix[split][k % eval_iters]))[1]
         if ddp:
             dist.all_reduce(losses)
         if losses[-1].item():
             out = None
             break
-        out[split] = losses[:-1].mean().item()
+        out[split] = losses[:eval_iters].mean().item()
     eval_model.train()
     return out
 
@@ -227,14 +225,16 @@ ckpt, saves = None, 0  # free the loaded tensors before training; saves: checkpo
 def save(name, evaluated):
     """Write the training state to out_dir/name. Every process takes part (its random state is gathered)."""
     global saves
-    state = {'model': raw_model.state_dict(), 'optimizer': optimizer.state_dict(),
-             'model_args': dict(vars(raw_model.config)), 'tokenizer': vocab, 'iter_num': iter_num,
+    state = {'model_args': dict(vars(raw_model.config)), 'tokenizer': vocab, 'iter_num': iter_num,
              'best_val_loss': float(best_val_loss), 'config': config, 'scaler': scaler.state_dict(),
              'rng': checkpoint.rng_states(batch_state, device), **metrics.state(),
              'evaluated': evaluated}  # False: a stop came before its step's evaluation, so the resumed run does it
-    if master_process:
+    if fsdp:  # every process writes its shards
+        runtime.log(sharding.save(out_dir, sharding.name_of(name), state, raw_model, optimizer))
+    elif master_process:
+        state.update(model=raw_model.state_dict(), optimizer=optimizer.state_dict())
         runtime.log(checkpoint.write(out_dir, name, state))
-        saves += 1
+    saves += 1
 
 
 # training loop ------------------------------------------------------------------
@@ -258,7 +258,7 @@ while True:
             figures = tasks.run(task_names, raw_model, vocab, ctx, data_dir, batch_size)
             runtime.log(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
                         + ''.join(f"; {tasks.summary(name, f)}" for name, f in figures.items()))
-            if sample_tokens and master_process:
+            if sample_tokens and (master_process or fsdp):  # FSDP: every process computes it
                 text = runtime.sample_text(raw_model, vocab, sample_tokens, ctx, seed=iter_num)
                 runtime.log(f"sample {iter_num}: {text!r}")
             if not math.isfinite(losses['val']):
@@ -279,9 +279,8 @@ while True:
     watch.start(on=(iter_num + 1) % log_interval == 0)  # the log iteration's time, split into phases
     loss_sum = torch.zeros((), device=device)
     for micro_step in range(gradient_accumulation_steps):
-        if ddp:
-            # sync gradients only on the last micro-step; setting the flag does what no_sync() does
-            model.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
+        if ddp:  # sync gradients (FSDP: reduce-scatter them) only on the last micro-step
+            runtime.sync_gradients(model, micro_step == gradient_accumulation_steps - 1)
         with ctx:
             _, loss = model(X, Y)
             loss = loss / gradient_accumulation_steps  # the gradients sum over micro-steps: average them
@@ -305,7 +304,7 @@ while True:
         train_time += time.time() - t0
         continue
     stop_vote = torch.tensor(float(runtime.stop_signal is not None), device=device)
-    status = torch.stack([loss_sum, grad_norm.float(), stop_vote])
+    status = torch.stack([loss_sum, sharding.full_tensor(grad_norm).float(), stop_vote])
     if ddp:
         dist.all_reduce(status)
     loss_value, norm, stop_votes = (v / world_size for v in status.tolist())  # waits for the device's work
@@ -328,7 +327,7 @@ while True:
 
 # teardown -----------------------------------------------------------------------
 if master_process and not (eval_only or stopping):
-    checkpoint.remove(out_dir, checkpoint.INTERRUPTED)  # the run has gone past it
+    checkpoint.remove(out_dir, checkpoint.INTERRUPTED, checkpoint.SHARDED[1])  # the run has gone past it
     if not saves and not always_save_checkpoint and iter_num > start_iter:
         print(f"warning: no checkpoint was written: the val loss never went below {best_val_loss:.4f}, "
               f"and always_save_checkpoint is False", file=sys.stderr)

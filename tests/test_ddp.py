@@ -82,7 +82,7 @@ def test_two_ranks_equal_one_rank_accumulating(tmp_path, script):
 def test_accumulation_not_divisible_by_world_size(char_dataset, tmp_path):
     p = torchrun(f'--dataset={char_dataset}', f'--out_dir={tmp_path / "out"}', '--gradient_accumulation_steps=3')
     assert p.returncode != 0
-    msg = 'error: gradient_accumulation_steps=3 is not divisible by the 2 DDP processes'
+    msg = 'error: gradient_accumulation_steps=3 is not divisible by the 2 processes'
     # every rank checks it before any collective, so none hangs; regression: every rank printed it
     assert p.stderr.count(msg) == 1, p.stderr[-3000:]
     assert not (tmp_path / 'out').exists()

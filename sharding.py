@@ -1,0 +1,223 @@
+"""FSDP: a GPT's parameters, gradients and AdamW state split over the processes (torch's fully_shard), and
+its sharded checkpoints (torch.distributed.checkpoint, DCP).
+
+A sharded checkpoint is a folder, out_dir/ckpt.dcp (or interrupted.dcp, as with ckpt.pt):
+    .metadata, __<rank>_0.distcp  DCP's files: the model and optimizer state, each process writing its shard
+    meta.pt                       the rest of what a ckpt.pt holds (model_args, iter_num, config, rng, ...)
+                                  and the size of every DCP file; rank 0 writes it last
+It is written as NAME.dcp.tmp and then renamed into place, so a crash mid-save leaves the previous one whole.
+An FSDP run resumes from it at any number of processes (DCP reshards). Every reader of a ckpt.pt reads it
+too, gathered whole into one process (checkpoint.load): sample.py, eval.py, export.py and a single-process
+or DDP resume; python export.py --consolidate=True writes it out as out_dir/ckpt.pt.
+"""
+import os
+import shutil
+import warnings
+
+import torch
+import torch.distributed as dist
+
+import checkpoint
+from configurator import fail, oneline
+from model import GPT, GPTConfig
+
+META = 'meta.pt'
+
+
+def check(fsdp, ddp, dtype, eval_tasks):
+    """fsdp=True's one-line errors, before any collective."""
+    if not fsdp:
+        return
+    try:
+        from torch.distributed.fsdp import fully_shard  # noqa: F401  (torch 2.6 made it public)
+    except ImportError:
+        fail(f"fsdp=True needs torch.distributed.fsdp.fully_shard, which torch {torch.__version__} lacks; "
+             f"install torch 2.6 or newer")
+    if dtype == 'float16':
+        fail("fsdp=True computes in bfloat16 or float32, without float16's GradScaler; use --dtype=bfloat16")
+    if eval_tasks:
+        fail("eval_tasks needs the whole model in every process; under fsdp=True run eval.py on the "
+             "checkpoint instead")
+    if not ddp:
+        fail("fsdp=True shards the model over processes: start it with torchrun, e.g. torchrun --standalone "
+             "--nproc_per_node=2 train.py ... --fsdp=True")
+
+
+def place(model, device, dtype, fsdp, activation_checkpointing=False, compile=False, from_rank0=False):
+    """The model ready to train: moved to the device, or (fsdp) sharded over the processes; with
+    activation checkpointing each Block's activations are recomputed in the backward pass instead of kept
+    from the forward. torch's composable checkpoint hooks into each Block and leaves the parameter names
+    (and so every state dict) as they are."""
+    if activation_checkpointing:
+        from torch.distributed._composable import checkpoint as recompute
+        for block in model.transformer.h:
+            recompute(block)
+    return shard(model, device, dtype, from_rank0, compile) if fsdp else model.to(device)
+
+
+def pretrained(init_from, override_args):
+    """GPT.from_pretrained in rank 0 alone; the other processes build the same shape on the meta device
+    (no memory), which shard(from_rank0=True) fills from rank 0's weights."""
+    model = GPT.from_pretrained(init_from, override_args) if dist.get_rank() == 0 else None
+    args = [dict(vars(model.config)) if model is not None else None]
+    dist.broadcast_object_list(args, src=0)  # a failed read exits rank 0, and torchrun stops the others
+    if model is None:
+        with torch.device('meta'):
+            model = GPT(GPTConfig(**args[0]))
+    return model
+
+
+def shard(model, device, dtype, from_rank0=False, compile=False):
+    """fully_shard every Block, then the root (the embeddings, the tied head and ln_f): each process keeps
+    1/N of every parameter and gathers a group's whole only while computing with it. With bfloat16 the
+    gathered parameters are bfloat16 and the gradients are reduced in float32 (FSDP's mixed precision,
+    in place of autocast); the sharded parameters and AdamW's state stay float32. A model on the meta
+    device gets memory on `device` here; from_rank0 fills every process's shards from rank 0's weights.
+    compile: torch.compile each Block, before it is sharded, as torch's FSDP examples do."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    full = model.state_dict() if from_rank0 and dist.get_rank() == 0 else {}
+    mp = MixedPrecisionPolicy(torch.bfloat16, reduce_dtype=torch.float32) if dtype == 'bfloat16' else None
+    for block in model.transformer.h:
+        if compile:
+            block.compile()
+        fully_shard(block, **({'mp_policy': mp} if mp else {}))
+    fully_shard(model, **({'mp_policy': mp} if mp else {}))
+    if any(p.is_meta for p in model.parameters()):
+        model.to_empty(device=device)  # FSDP keeps the tied embedding and head one parameter
+    if from_rank0:
+        set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    return model
+
+
+def full_tensor(t):
+    """A DTensor (e.g. clip_grad_norm_'s norm of sharded gradients) as a plain tensor; others as they are.
+    Every process must call it: it may reduce across them."""
+    from torch.distributed.tensor import DTensor
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+def state_bytes(model, optimizer):
+    """What this process holds of the parameters, gradients and optimizer state, in bytes, from their
+    tensors' storages (of a DTensor, its local shard, padding included): {'params', 'grads', 'optimizer'}."""
+    from torch.distributed.tensor import DTensor
+    seen, held = set(), {}
+    parts = {'params': list(model.parameters()), 'grads': [p.grad for p in model.parameters() if p.grad is not None],
+             'optimizer': [v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)]}
+    for kind, tensors in parts.items():
+        storages = [(t.to_local() if isinstance(t, DTensor) else t).untyped_storage() for t in tensors]
+        held[kind] = sum(s.nbytes() for s in storages if not (s.data_ptr() in seen or seen.add(s.data_ptr())))
+    return held
+
+
+def name_of(name):
+    """ckpt.pt -> ckpt.dcp: the sharded checkpoint of the same role."""
+    return os.path.splitext(name)[0] + '.dcp'
+
+
+def save(out_dir, name, state, model, optimizer):
+    """Write the sharded checkpoint out_dir/name (ckpt.dcp): every process its shards (DCP), then rank 0
+    meta.pt (state: everything but the weights) and the rename -> a line for the log. Every process calls it."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+    path = os.path.join(out_dir, name)
+    tmp, old = path + '.tmp', path + '.old'
+    if dist.get_rank() == 0:
+        if os.path.isdir(old) and not os.path.isdir(path):  # a crash between the two renames below
+            os.replace(old, path)
+        for stale in (tmp, old):
+            shutil.rmtree(stale, ignore_errors=True)
+    dist.barrier()
+    model_state, optim_state = get_state_dict(model, optimizer)
+    try:
+        dcp.save({'model': model_state, 'optimizer': optim_state}, checkpoint_id=tmp)
+    except (OSError, RuntimeError, BaseException) as e:  # DCP's CheckpointException is a BaseException
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise
+        fail(f"cannot write {path} ({_reason(e)}); the previous checkpoint is unchanged. Free some disk space "
+             f"or choose another --out_dir")
+    if dist.get_rank() == 0:
+        files = {f: os.path.getsize(os.path.join(tmp, f)) for f in os.listdir(tmp)}
+        checkpoint.save(os.path.join(tmp, META), dict(state, files=files))
+        if os.path.isdir(path):
+            os.replace(path, old)
+        os.replace(tmp, path)  # the checkpoint is whole in either folder at every moment
+        shutil.rmtree(old, ignore_errors=True)
+        checkpoint.remove(out_dir, *checkpoint.stale(name))
+    dist.barrier()  # no process goes on (or exits) before the checkpoint is in place
+    return f"saved sharded checkpoint to {path} (iter {state['iter_num']}, {dist.get_world_size()} shards)"
+
+
+def _reason(e):
+    """One line for an error that DCP raised: its CheckpointException wraps each process's exception
+    (with a traceback in its message), so the first of those."""
+    failures = getattr(e, 'failures', None)
+    if failures:
+        first = next(iter(failures.values()))
+        e = getattr(first, 'exception', first)
+    return oneline(e)
+
+
+def read_meta(path):
+    """A sharded checkpoint's meta.pt -> (checkpoint without weights, notes); fails in one line if a file
+    is missing or has another size than when it was written."""
+    meta = os.path.join(path, META)
+    if not os.path.isfile(meta):
+        fail(f"{path} is an incomplete sharded checkpoint: it has no {META} (its save did not finish); "
+             f"delete it, or resume from another --out_dir")
+    ckpt, notes = checkpoint.load(meta, ('model_args', 'iter_num', 'best_val_loss', 'config', 'files'))
+    wrong = [f for f, size in ckpt['files'].items()
+             if not os.path.isfile(os.path.join(path, f)) or os.path.getsize(os.path.join(path, f)) != size]
+    if wrong:
+        fail(f"{path} is an incomplete sharded checkpoint: {', '.join(sorted(wrong))} missing or cut short; "
+             f"copy the whole folder again, or resume from another --out_dir")
+    return ckpt, notes
+
+
+def _load(path, model, optimizer):
+    """DCP's read of the model's (and optimizer's) state from path into their state dicts, as they are
+    laid out here: sharded over this run's processes, or whole in a single process."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    model_state, optim_state = get_state_dict(model, optimizer if optimizer is not None else [])
+    state = {'model': model_state, **({'optimizer': optim_state} if optimizer is not None else {})}
+    try:
+        with warnings.catch_warnings():  # one process reading it alone is the intent here
+            warnings.filterwarnings('ignore', 'torch.distributed is disabled')
+            dcp.load(state, checkpoint_id=path, no_dist=not dist.is_initialized())
+        set_state_dict(model, optimizer if optimizer is not None else [], model_state_dict=model_state,
+                       optim_state_dict=optim_state if optimizer is not None else {})
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # DCP's CheckpointException: a missing key, another shape
+        fail(f"{path} does not fit this model ({_reason(e)}); resume with the settings it was trained "
+             f"with, or another --out_dir")
+
+
+def restore(ckpt, path, model, optimizer):
+    """Load a checkpoint's optimizer state (and, from a sharded one, the weights too) into the sharded
+    model and optimizer. From a ckpt.pt (weights already in the model before it was sharded) its
+    optimizer state, keyed by position, is keyed by parameter name for torch to shard."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    if checkpoint.is_sharded(path):
+        return _load(path, model, optimizer)
+    names = {p: n for n, p in model.named_parameters()}
+    order = [names[p] for group in optimizer.param_groups for p in group['params']]
+    saved = ckpt['optimizer']
+    state = {'state': {order[i]: s for i, s in saved['state'].items()},
+             'param_groups': [dict(g, params=[order[i] for i in g['params']]) for g in saved['param_groups']]}
+    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+def gather(path, with_optimizer=True):
+    """A sharded checkpoint gathered whole into this process -> (checkpoint in ckpt.pt's format, notes)."""
+    ckpt, notes = read_meta(path)
+    ckpt.pop('files')
+    model = GPT(GPTConfig(**ckpt['model_args']))
+    # the same parameter groups as in training; DCP restores their settings (lr, betas, weight decay)
+    optimizer = model.configure_optimizers(0.0, 0.0, (0.9, 0.95), 'cpu', verbose=False) if with_optimizer else None
+    _load(path, model, optimizer)
+    ckpt['model'] = model.state_dict()
+    if optimizer is not None:
+        ckpt['optimizer'] = optimizer.state_dict()
+    return ckpt, notes

@@ -1,0 +1,338 @@
+"""FSDP (--fsdp=True): train.py under torchrun on CPU (gloo), sharded checkpoints, and their readers.
+Run: python -m pytest -q tests/test_fsdp.py"""
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import checkpoint
+from conftest import REPO, TINY, assert_one_line_error, chars_of
+from test_ddp import torchrun
+
+FSDP = ['--fsdp=True', '--gradient_accumulation_steps=4', '--eval_iters=3']  # 2 micro-steps per process
+LONG = ['--max_iters=30', '--lr_decay_iters=30']  # long enough for a Ctrl-C to land before the end
+
+
+def lines(out):
+    """The loss lines of a log, without their timings."""
+    return [re.sub(r'time \S+ms( \([^)]*\))?, mfu \S+, tok/s [\d,]+, ', '', line) for line in out.splitlines()
+            if line.startswith(('iter ', 'step '))]
+
+
+def state(path):
+    """A checkpoint's weights and optimizer state as one flat dict of tensors (a sharded one gathered)."""
+    ckpt, _ = checkpoint.load(str(path))
+    flat = {f'model.{k}': v for k, v in ckpt['model'].items()}
+    flat.update({f'optim.{i}.{k}': v for i, s in ckpt['optimizer']['state'].items() for k, v in s.items()})
+    return flat, ckpt
+
+
+def assert_same(a, b, tol=0.0):
+    assert a.keys() == b.keys()
+    worst = max((a[k].double() - b[k].double()).abs().max().item() for k in a)
+    assert worst <= tol, worst
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory):
+    """DDP and FSDP, 2 processes each, 30 iterations on the same data; FSDP's checkpoint feeds the tests."""
+    from conftest import write_char_dataset
+    tmp = tmp_path_factory.mktemp('fsdp')
+    data = write_char_dataset(tmp / 'data')
+    out = {}
+    for name, extra in [('ddp', ['--gradient_accumulation_steps=4', '--eval_iters=3']), ('fsdp', FSDP)]:
+        p = torchrun(f'--dataset={data}', f'--out_dir={tmp / name}', *LONG, *extra)
+        assert p.returncode == 0, p.stderr[-3000:]
+        out[name] = p.stdout
+    return tmp, data, out
+
+
+def test_fsdp_equals_ddp(runs):
+    tmp, _, out = runs
+    assert 'saved sharded checkpoint to' in out['fsdp'] and 'parameters identical' not in out['fsdp']
+    assert sorted(os.listdir(tmp / 'fsdp')) == ['ckpt.dcp']
+    assert sorted(os.listdir(tmp / 'fsdp' / 'ckpt.dcp')) == ['.metadata', '__0_0.distcp', '__1_0.distcp', 'meta.pt']
+    # the same batches and the same sums: reduce-scatter adds the 2 processes' gradients as all-reduce
+    # does, so on this CPU FSDP's losses, weights and AdamW moments come out as DDP's to the bit (the
+    # tolerances leave room for another CPU's reduction order)
+    def numbers(out):
+        return [float(v) for line in lines(out) for v in re.findall(r'\d+\.\d+(?:e-\d+)?', line)]
+    assert len(lines(out['ddp'])) == 37 and numbers(out['fsdp']) == pytest.approx(numbers(out['ddp']), abs=2e-4)
+    ddp, _ = state(tmp / 'ddp' / 'ckpt.pt')
+    fsdp, ckpt = state(tmp / 'fsdp' / 'ckpt.dcp')
+    assert ckpt['iter_num'] == 30 and len(ckpt['rng']) == 2
+    assert_same(fsdp, ddp, tol=1e-6)  # measured: 0.0
+
+
+# one process, DDP and FSDP on the same global batches, through the functions train.py uses
+SAME_BATCH = r'''
+import os, sys
+sys.path.insert(0, os.environ['REPO'])
+import torch, torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+import runtime, sharding
+from model import GPT, GPTConfig
+dist.init_process_group('gloo')
+rank, world = dist.get_rank(), dist.get_world_size()
+X = torch.randint(0, 65, (8, 32), generator=torch.Generator().manual_seed(0))  # 8 rows, learned by heart
+
+compile_block = torch.nn.Module.compile  # train.py compiles on CUDA only; here dynamo without inductor's C++
+torch.nn.Module.compile = lambda self, **kw: compile_block(self, backend='aot_eager')
+
+def train(mode, ac=False, compile=False):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=31, vocab_size=65, dropout=0.0, bias=False))
+    model = sharding.place(model, 'cpu', 'float32', mode == 'fsdp', ac, compile)
+    opt = model.configure_optimizers(0.1, 1e-2, (0.9, 0.95), 'cpu', verbose=False)
+    wrapped = DDP(model) if mode == 'ddp' else model
+    rows = range(8) if mode == 'one' else range(rank * 4, rank * 4 + 4)
+    losses = []
+    for step in range(6):
+        total = torch.zeros(())
+        for micro in range(2):  # 2 micro-steps, the gradients synced on the second
+            if mode != 'one':
+                runtime.sync_gradients(wrapped, micro == 1)
+            x = X[list(rows)[micro::2]]
+            _, loss = wrapped(x[:, :-1], x[:, 1:])
+            (loss / 2).backward()
+            total += loss.detach() / 2
+        norm = sharding.full_tensor(torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5))
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if mode != 'one':
+            dist.all_reduce(total)
+            total /= world
+        losses.append((total.item(), norm.item()))
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)) \
+        if mode == 'fsdp' else model.state_dict()
+    return losses, weights
+
+results = {m: train(m) for m in ('one', 'ddp', 'fsdp')}
+results['fsdp+ac'] = train('fsdp', ac=True)
+results['one+ac'] = train('one', ac=True)
+results['fsdp+ac+compile'] = train('fsdp', ac=True, compile=True)
+if rank == 0:
+    torch.save(results, os.environ['RESULT'])
+dist.destroy_process_group()
+'''
+
+
+def test_one_process_ddp_and_fsdp_agree_on_the_same_global_batch(tmp_path):
+    (tmp_path / 'same.py').write_text(SAME_BATCH)
+    env = dict(os.environ, REPO=str(REPO), RESULT=str(tmp_path / 'r.pt'), OMP_NUM_THREADS='1')
+    p = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+                        str(tmp_path / 'same.py')], capture_output=True, text=True, env=env, timeout=300)
+    if not (tmp_path / 'r.pt').exists():
+        assert p.returncode == 0, p.stderr[-3000:]
+    r = torch.load(tmp_path / 'r.pt', weights_only=True)
+    one, ddp, fsdp = (torch.tensor(r[m][0]) for m in ('one', 'ddp', 'fsdp'))
+    assert one[-1, 0] < one[0, 0] - 0.1  # it learns
+    # the losses agree to float32 rounding: one process sums 8 rows per micro-step, the others 4 and
+    # then add the two halves, so the last bits differ; DDP and FSDP add in the same order
+    assert (ddp - one).abs().max() < 1e-5 and (fsdp - ddp).abs().max() < 1e-6
+    for a, b in [(r['one'][1], r['ddp'][1]), (r['fsdp'][1], r['ddp'][1])]:
+        assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    # activation checkpointing recomputes the same numbers; compiled Blocks (traced by dynamo through
+    # FSDP's and the recompute's hooks) compute them too
+    assert torch.equal(torch.tensor(r['fsdp+ac'][0]), fsdp) and torch.equal(torch.tensor(r['one+ac'][0]), one)
+    assert (torch.tensor(r['fsdp+ac+compile'][0]) - fsdp).abs().max() < 1e-6
+
+
+def test_cross_format_resume_and_sample(runs, tmp_path, script):
+    tmp, data, _ = runs
+    shutil.copytree(tmp / 'fsdp', tmp_path / 'run')
+    run = tmp_path / 'run'
+    # sample.py and eval.py read the sharded checkpoint, gathered into one process
+    p = script('sample.py', f'--out_dir={run}', '--device=cpu', '--num_samples=1', '--max_new_tokens=20')
+    assert p.code == 0 and len(p.out.split('---------------')[0].strip()) >= 20, p.err
+    # a single-process resume takes it up and writes a ckpt.pt, which replaces the stale shards
+    p = script('train.py', *TINY, f'--dataset={data}', f'--out_dir={run}', '--init_from=resume', '--max_iters=32',
+               '--lr_decay_iters=30')
+    assert p.code == 0, p.err
+    assert f'resuming from {run / "ckpt.dcp"} at iter 30' in p.out and 'fsdp True -> False' in p.out
+    assert sorted(os.listdir(run)) == ['ckpt.pt']
+    # and FSDP takes up that ckpt.pt, weights and AdamW state exactly
+    assert_same(*sharded_then_gathered(run / 'ckpt.pt', 2, tmp_path))
+    q = torchrun(f'--dataset={data}', f'--out_dir={run}', '--init_from=resume', '--max_iters=33', *FSDP)
+    assert q.returncode == 0, q.stderr[-3000:]
+    assert f'resuming from {run / "ckpt.pt"} at iter 32' in q.stdout and sorted(os.listdir(run)) == ['ckpt.dcp']
+    assert checkpoint.load(str(run / 'ckpt.dcp'))[0]['iter_num'] == 33
+
+
+RESHARD = r'''
+import os, sys
+sys.path.insert(0, os.environ['REPO'])
+import torch, torch.distributed as dist
+import checkpoint, sharding
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+dist.init_process_group('gloo')
+path = os.environ['CKPT']
+ckpt, _ = sharding.read_meta(path) if os.path.isdir(path) else checkpoint.load(path)
+model = sharding.place(checkpoint.build_model(ckpt, path), 'cpu', 'float32', True)
+opt = model.configure_optimizers(0.0, 0.0, (0.9, 0.95), 'cpu', verbose=False)
+sharding.restore(ckpt, path, model, opt)
+weights, moments = get_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+if dist.get_rank() == 0:
+    torch.save({'model': weights, 'optimizer': moments}, os.environ['RESULT'])
+dist.destroy_process_group()
+'''
+
+
+def sharded_then_gathered(path, nproc, tmp_path):
+    """A checkpoint loaded as train.py's FSDP resume loads it, at nproc processes, then gathered whole ->
+    (its state, the checkpoint's own), both flat as state() gives them."""
+    (tmp_path / 'reshard.py').write_text(RESHARD)
+    env = dict(os.environ, REPO=str(REPO), CKPT=str(path), RESULT=str(tmp_path / 'r.pt'), OMP_NUM_THREADS='1')
+    p = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc}',
+                        str(tmp_path / 'reshard.py')], capture_output=True, text=True, env=env, timeout=300)
+    assert (tmp_path / 'r.pt').exists(), p.stderr[-3000:]
+    got = torch.load(tmp_path / 'r.pt', weights_only=True)
+    os.remove(tmp_path / 'r.pt')
+    names = [n for g in got['optimizer']['param_groups'] for n in g['params']]  # position -> name
+    flat = {f'model.{k}': v for k, v in got['model'].items()}
+    flat.update({f'optim.{i}.{k}': v for i, n in enumerate(names) for k, v in got['optimizer']['state'][n].items()})
+    return flat, state(path)[0]
+
+
+def test_resume_at_another_world_size(runs, tmp_path):
+    tmp, data, _ = runs
+    # four processes take up two's shards: every weight and AdamW moment is where it was
+    assert_same(*sharded_then_gathered(tmp / 'fsdp' / 'ckpt.dcp', 4, tmp_path))
+    # train.py's resume takes this same path (the random state then starts afresh, as under DDP: test_ddp.py)
+
+
+def test_consolidate_writes_the_same_state_as_ckpt_pt(runs, tmp_path, script):
+    tmp, _, _ = runs
+    shutil.copytree(tmp / 'fsdp', tmp_path / 'run')
+    p = script('export.py', f'--out_dir={tmp_path / "run"}', '--consolidate=True')
+    assert p.code == 0 and 'wrote' in p.out and '(iter 30)' in p.out, p.err
+    assert sorted(os.listdir(tmp_path / 'run')) == ['ckpt.dcp', 'ckpt.pt']
+    a, ca = state(tmp_path / 'run' / 'ckpt.pt')
+    b, cb = state(tmp / 'ddp' / 'ckpt.pt')  # DDP's own file: the same keys and format
+    assert_same(a, b, tol=1e-6)
+    assert ca.keys() == cb.keys() and ca['optimizer']['param_groups'] == cb['optimizer']['param_groups']
+    p = script('export.py', f'--out_dir={tmp / "ddp"}', '--consolidate=True', check=False)
+    assert_one_line_error(p, 'no sharded checkpoint')
+
+
+def test_crash_mid_save_leaves_the_previous_checkpoint(runs, tmp_path, script):
+    tmp, data, _ = runs
+    run = tmp_path / 'run'
+    shutil.copytree(tmp / 'fsdp', run)
+    # a crash while the shards were written: a partial .tmp folder beside the whole checkpoint
+    (run / 'ckpt.dcp.tmp').mkdir()
+    (run / 'ckpt.dcp.tmp' / '__0_0.distcp').write_bytes(b'partial')
+    p = script('sample.py', f'--out_dir={run}', '--device=cpu', '--num_samples=1', '--max_new_tokens=5')
+    assert p.code == 0, p.err
+    # a crash between the two renames: only the previous folder, set aside as .old
+    os.rename(run / 'ckpt.dcp', run / 'ckpt.dcp.old')
+    p = torchrun(f'--dataset={data}', f'--out_dir={run}', '--init_from=resume', '--max_iters=31', *FSDP)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert f'resuming from {run / "ckpt.dcp.old"} at iter 30' in p.stdout
+    assert sorted(os.listdir(run)) == ['ckpt.dcp'] and checkpoint.load(str(run / 'ckpt.dcp'))[0]['iter_num'] == 31
+
+
+@pytest.mark.filterwarnings('ignore:torch.distributed is disabled')
+def test_broken_sharded_checkpoints_fail_in_one_line(runs, tmp_path, script):
+    tmp, data, _ = runs
+    for name, damage, text in [
+            ('missing', lambda d: os.remove(d / '__1_0.distcp'), '__1_0.distcp missing or cut short'),
+            ('short', lambda d: os.truncate(d / '__0_0.distcp', 100), '__0_0.distcp missing or cut short'),
+            ('nometa', lambda d: os.remove(d / 'meta.pt'), 'incomplete sharded checkpoint: it has no meta.pt')]:
+        run = tmp_path / name
+        shutil.copytree(tmp / 'fsdp', run)
+        damage(run / 'ckpt.dcp')
+        p = script('sample.py', f'--out_dir={run}', '--device=cpu', check=False)
+        assert_one_line_error(p, text)
+    # shards of another model (wider) under this one's meta.pt, with sizes that match: only DCP can tell
+    run = tmp_path / 'other'
+    shutil.copytree(tmp / 'fsdp', run)
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+    from model import GPT, GPTConfig
+    wide = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=48, block_size=32, vocab_size=len(chars_of(data)), bias=False))
+    model_state, optim_state = get_state_dict(wide, wide.configure_optimizers(0.1, 1e-3, (0.9, 0.95), 'cpu', False))
+    for f in os.listdir(run / 'ckpt.dcp'):
+        if f != 'meta.pt':
+            os.remove(run / 'ckpt.dcp' / f)
+    dcp.save({'model': model_state, 'optimizer': optim_state}, checkpoint_id=run / 'ckpt.dcp', no_dist=True)
+    ckpt, _ = checkpoint.load(str(run / 'ckpt.dcp' / 'meta.pt'), ())
+    ckpt['files'] = {f: os.path.getsize(run / 'ckpt.dcp' / f) for f in os.listdir(run / 'ckpt.dcp') if f != 'meta.pt'}
+    checkpoint.save(str(run / 'ckpt.dcp' / 'meta.pt'), {k: v for k, v in ckpt.items() if k != 'checksum'})
+    p = script('sample.py', f'--out_dir={run}', '--device=cpu', check=False)
+    assert_one_line_error(p, 'does not fit this model')
+    # a shape setting that contradicts the checkpoint
+    p = script('train.py', *TINY, f'--dataset={data}', f'--out_dir={tmp / "fsdp"}', '--init_from=resume',
+               '--n_layer=3', check=False)
+    assert_one_line_error(p, 'does not match the requested model (n_layer: checkpoint 2, requested 3)')
+
+
+def test_fsdp_setting_errors(tiny_data, tmp_path, script, monkeypatch):
+    base = [*TINY, f'--dataset={tiny_data}', f'--out_dir={tmp_path / "o"}', '--fsdp=True']
+    for extra, text in [([], 'fsdp=True shards the model over processes: start it with torchrun'),
+                        (['--dtype=float16'], 'fsdp=True computes in bfloat16 or float32'),
+                        (['--eval_tasks=val'], 'eval_tasks needs the whole model in every process')]:
+        assert_one_line_error(script('train.py', *base, *extra, check=False), text)
+    import torch.distributed.fsdp
+    monkeypatch.delattr(torch.distributed.fsdp, 'fully_shard')  # as in a torch before 2.6
+    assert_one_line_error(script('train.py', *base, check=False), 'install torch 2.6 or newer')
+    assert not (tmp_path / 'o').exists()  # a world size that does not divide: test_ddp.py, the same check
+
+
+def test_interrupted_by_sigint_then_resumed_is_the_same_run(runs, tmp_path):
+    """Ctrl-C mid-run, then --init_from=resume: the checkpoint holds every process's shards and random
+    state, so the two runs together are the uninterrupted one to the bit."""
+    tmp, data, _ = runs
+    proc = torchrun(f'--dataset={data}', f'--out_dir={tmp_path / "run"}', *LONG, *FSDP, popen=True)
+    for line in proc.stdout:
+        if line.startswith('iter 3:'):
+            break
+    proc.send_signal(signal.SIGINT)  # as after a Ctrl-C: torchrun passes it on to both processes
+    out, err = proc.communicate(timeout=120)
+    stopped = int(re.search(r'stopped by SIGINT at iter (\d+)', err)[1])
+    assert 3 <= stopped < 30 and 'saved sharded checkpoint' in out, err[-3000:]
+    p = torchrun(f'--dataset={data}', f'--out_dir={tmp_path / "run"}', *LONG, *FSDP, '--init_from=resume')
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert f'at iter {stopped}' in p.stdout and 'random state restored for all 2 process(es)' in p.stdout
+    assert_same(state(tmp_path / 'run' / 'ckpt.dcp')[0], state(tmp / 'fsdp' / 'ckpt.dcp')[0])  # bit for bit
+
+
+def test_finetune_gpt2_weights_read_by_rank_0_alone(runs, tmp_path):
+    transformers = pytest.importorskip('transformers')
+    tmp, data, _ = runs
+    cfg = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=len(chars_of(data)), n_positions=64)
+    transformers.GPT2LMHeadModel(cfg).save_pretrained(tmp_path / 'hf')
+    args = [f'--dataset={data}', f'--init_from={tmp_path / "hf"}', '--block_size=32', '--max_iters=4',
+            '--gradient_accumulation_steps=4', '--eval_iters=3']
+    ddp = torchrun(*args, f'--out_dir={tmp_path / "ddp"}')
+    fsdp = torchrun(*args, f'--out_dir={tmp_path / "fsdp"}', '--fsdp=True', '--sample_tokens=12')
+    assert ddp.returncode == 0 and fsdp.returncode == 0, fsdp.stderr[-3000:]
+    # rank 1 built the model on the meta device and took rank 0's weights (cut to 32 positions) when sharded
+    a, b = state(tmp_path / 'ddp' / 'ckpt.pt')[0], state(tmp_path / 'fsdp' / 'ckpt.dcp')[0]
+    assert b['model.transformer.wpe.weight'].shape == (32, 32)
+    assert_same(a, b, tol=1e-6)
+    # every process computes the sample (FSDP gathers the weights for each step), rank 0 prints it
+    assert fsdp.stdout.count('sample 4: ') == 1 and fsdp.stdout.count('sample 0: ') == 1
+
+
+def test_bench_state_per_process_halves():
+    """bench.py under torchrun: each FSDP process holds half of the parameters, gradients and AdamW state."""
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', str(REPO / 'bench.py'),
+           '--device=cpu', '--compile=False', '--n_layer=2', '--n_head=2', '--n_embd=64', '--block_size=32',
+           '--batch_size=2', '--vocab_size=66', '--steps=2', '--warmup=1', '--fsdp=True', '--json=True']
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert '"state_mb"' in p.stdout, p.stderr[-3000:]
+    import json
+    held = json.loads(p.stdout.strip().splitlines()[-1])['state_mb']
+    assert 'FSDP: training state per process' in p.stdout
+    whole = (2 * 12 * 64 * 64 + 66 * 64 + 32 * 64 + 5 * 64) * 4 / 2**20  # fp32: matrices, embeddings, LayerNorms
+    # every first dimension is even here, so the shards are exact halves (FSDP pads an odd one by a
+    # row); AdamW adds a step count per tensor
+    assert held['params'] == held['grads'] == pytest.approx(whole / 2, rel=1e-9)
+    assert held['optimizer'] == pytest.approx(whole, rel=1e-3)
