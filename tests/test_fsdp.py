@@ -336,3 +336,21 @@ def test_bench_state_per_process_halves():
     # row); AdamW adds a step count per tensor
     assert held['params'] == held['grads'] == pytest.approx(whole / 2, rel=1e-9)
     assert held['optimizer'] == pytest.approx(whole, rel=1e-3)
+
+
+def test_bfloat16_mixed_precision_keeps_float32_state_and_loss(runs, tmp_path):
+    """dtype=bfloat16: FSDP gathers bfloat16 weights and reduces float32 gradients; the shards, AdamW's
+    moments and the loss stay float32 (regression: the loss was computed from bfloat16 logits in bfloat16,
+    0.01 off at step 0)."""
+    tmp, data, out = runs
+    p = torchrun(f'--dataset={data}', f'--out_dir={tmp_path / "bf16"}', *LONG, *FSDP, '--dtype=bfloat16',
+                 '--max_iters=1', '--eval_interval=1')
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert 'dtype bfloat16' in p.stdout
+    ckpt, _ = checkpoint.load(str(tmp_path / 'bf16' / 'ckpt.dcp'))
+    assert {v.dtype for v in ckpt['model'].values()} == {torch.float32}
+    assert {s['exp_avg'].dtype for s in ckpt['optimizer']['state'].values()} == {torch.float32}
+    # the same first weights and batches as the float32 run: its step 0 and iter 1 losses, to bfloat16's error
+    figures = lambda out: [float(v) for v in re.findall(r'(?:train loss|val loss|^iter 1: loss) (\d+\.\d+)',
+                                                         out, re.M)][:3]
+    assert figures(p.stdout) == pytest.approx(figures(out['fsdp']), abs=2e-3)
