@@ -79,7 +79,7 @@ ddp, rank, local_rank, world_size = runtime.ranks()  # launched by torchrun
 if ddp and mode != 'train':
     fail("under torchrun bench.py times training steps only: leave out --mode=sample")
 device, device_type, dtype, ctx = runtime.setup_device(device, dtype, local_rank if ddp else None, not fsdp)
-sharding.check(fsdp, ddp, dtype, '')
+sharding.check(fsdp, ddp, device_type, dtype, '')
 if ddp:
     runtime.init_distributed('', device_type)
 if rank:  # one process reports
@@ -150,7 +150,7 @@ if mode == 'sample':
     # the cache makes a step cost one position; without it every step re-encodes the whole sequence
     if max_new_tokens >= block_size:
         fail(f"max_new_tokens={max_new_tokens} must be < block_size={block_size}")
-    model.eval()
+    model.to(device).eval()
     prompt = torch.zeros((batch_size, 1), dtype=torch.long, device=device)
     with ctx:
         for use_cache in (True, False):
@@ -184,9 +184,9 @@ else:
     if ddp and not fsdp:
         from torch.nn.parallel import DistributedDataParallel as DDP
         model = DDP(model, device_ids=[local_rank] if device_type == 'cuda' else None)
-    held = {}  # training state in bytes, at the end of the last step
 
     def train_step(x, y):
+        optimizer.zero_grad(set_to_none=True)  # here, so that the last step's gradients are there to count
         with ctx:
             _, loss = model(x, y)
         scaler.scale(loss).backward()
@@ -195,8 +195,6 @@ else:
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         scaler.step(optimizer)
         scaler.update()
-        held.update(sharding.state_bytes(raw_model, optimizer))
-        optimizer.zero_grad(set_to_none=True)
         return loss
 
     if profile:
@@ -231,7 +229,7 @@ else:
     s['mfu'] = raw_model.estimate_mfu(batch_size, dt, runtime.peak_flops(device, peak_flops))
     s['peak_mem_mb'], s['mem_kind'] = peak_memory_mb()
     s['loss'] = loss.item()
-    s['state_mb'] = {k: v / 2**20 for k, v in held.items()}
+    s['state_mb'] = {k: v / 2**20 for k, v in sharding.state_bytes(raw_model, optimizer).items()}
     result.update(s, compile=compile, real_data=real_data, steps=steps, warmup=warmup, processes=world_size,
                   fsdp=fsdp, activation_checkpointing=activation_checkpointing)
     mfu = f"{s['mfu'] * 100:.2f}%" if s['mfu'] is not None else 'n/a'

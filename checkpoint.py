@@ -81,17 +81,18 @@ def write(out_dir, name, ckpt):
              f"no {CKPT} yet: no evaluation since the first has improved the val loss"))
 
 
-def load(path, keys=FOR_RESUMING):
+def load(path, keys=FOR_RESUMING, mmap=False):
     """Read a checkpoint -> (checkpoint, notes). It fails in one line if the file cannot be read, lacks
     one of keys or does not match its checksum; keys that older checkpoints lack are filled in, with a
-    note for each that matters."""
+    note for each that matters. mmap: tensors stay in the file, mapped (copy on write), so that the
+    processes of one machine share one copy (FSDP's, which keep a shard each)."""
     if is_sharded(path):  # an FSDP run's, gathered whole here
         import sharding
         return sharding.gather(path, with_optimizer='optimizer' in keys)
     if os.path.isdir(path):
         fail(f"{path} is a folder, not a checkpoint file")
     try:  # onto the CPU first: the GPU that saved it may not be this one
-        ckpt = torch.load(path, map_location='cpu', weights_only=True)
+        ckpt = torch.load(path, map_location='cpu', weights_only=True, mmap=mmap)
     except Exception as e:  # truncated, empty, not torch.save output: torch raises many types
         fail(f"cannot read {path}: it is truncated, corrupted or not a checkpoint ({oneline(e)}); delete "
              f"it or use another --out_dir")
@@ -154,7 +155,7 @@ def for_resume(out_dir, given, sharded=False):
         import sharding
         ckpt, notes = sharding.read_meta(path)
     else:
-        ckpt, notes = load(path)
+        ckpt, notes = load(path, mmap=sharded)
     args = ckpt['model_args']
     clash = [f"{k}: checkpoint {args[k]}, requested {given[k]}" for k in SHAPE if k in given and given[k] != args[k]]
     if clash:
@@ -164,7 +165,9 @@ def for_resume(out_dir, given, sharded=False):
 
 
 def remove(out_dir, *names):
-    """Delete the named checkpoints in out_dir that exist (files, or sharded folders)."""
+    """Delete the named checkpoints in out_dir that exist (files, or sharded folders with what a stopped
+    save of them left: NAME.old, NAME.tmp)."""
+    names = [n + suffix for n in names for suffix in (('', '.old', '.tmp') if n.endswith('.dcp') else ('',))]
     for path in (os.path.join(out_dir, name) for name in names):
         if os.path.isdir(path):
             shutil.rmtree(path)
@@ -183,7 +186,8 @@ def stale(name):
 
 def refuse_overwrite(out_dir):
     """A fresh start must not silently replace the checkpoints of an earlier run in out_dir."""
-    there = [f for f in (CKPT, INTERRUPTED, *SHARDED) if os.path.exists(os.path.join(out_dir, f))]
+    there = [f for f in (CKPT, INTERRUPTED, *SHARDED, *(n + '.old' for n in SHARDED))
+             if os.path.exists(os.path.join(out_dir, f))]
     if there:
         fail(f"{out_dir} already holds {' and '.join(there)} of an earlier run; continue it with "
              f"--init_from=resume, or start afresh over it with --overwrite=True (or another --out_dir)")

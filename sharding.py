@@ -24,10 +24,12 @@ from model import GPT, GPTConfig
 META = 'meta.pt'
 
 
-def check(fsdp, ddp, dtype, eval_tasks):
+def check(fsdp, ddp, device_type, dtype, eval_tasks):
     """fsdp=True's one-line errors, before any collective."""
     if not fsdp:
         return
+    if device_type not in ('cuda', 'cpu'):
+        fail(f"fsdp=True runs on CUDA GPUs or CPUs, not {device_type}; use --device=cpu or leave out --fsdp")
     try:
         from torch.distributed.fsdp import fully_shard  # noqa: F401  (torch 2.6 made it public)
     except ImportError:
@@ -58,12 +60,19 @@ def place(model, device, dtype, fsdp, activation_checkpointing=False, compile=Fa
 def pretrained(init_from, override_args):
     """GPT.from_pretrained in rank 0 alone; the other processes build the same shape on the meta device
     (no memory), which shard(from_rank0=True) fills from rank 0's weights."""
-    model = GPT.from_pretrained(init_from, override_args) if dist.get_rank() == 0 else None
-    args = [dict(vars(model.config)) if model is not None else None]
-    dist.broadcast_object_list(args, src=0)  # a failed read exits rank 0, and torchrun stops the others
+    model, error = None, None
+    if dist.get_rank() == 0:
+        try:
+            model = GPT.from_pretrained(init_from, override_args)
+        except ValueError as e:
+            error = str(e)
+    shape = [error or (model and dict(vars(model.config)))]  # every process learns the shape, or the error
+    dist.broadcast_object_list(shape, src=0)
+    if isinstance(shape[0], str):
+        raise ValueError(shape[0])  # in every process: one line, no process left waiting
     if model is None:
         with torch.device('meta'):
-            model = GPT(GPTConfig(**args[0]))
+            model = GPT(GPTConfig(**shape[0]))
     return model
 
 
@@ -75,14 +84,18 @@ def shard(model, device, dtype, from_rank0=False, compile=False):
     device gets memory on `device` here; from_rank0 fills every process's shards from rank 0's weights.
     compile: torch.compile each Block, before it is sharded, as torch's FSDP examples do."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     full = model.state_dict() if from_rank0 and dist.get_rank() == 0 else {}
-    mp = MixedPrecisionPolicy(torch.bfloat16, reduce_dtype=torch.float32) if dtype == 'bfloat16' else None
+    # the shards live on `device` (by default FSDP would pick any accelerator, even for --device=cpu)
+    options = {'mesh': init_device_mesh(device.split(':')[0], (dist.get_world_size(),))}
+    if dtype == 'bfloat16':
+        options['mp_policy'] = MixedPrecisionPolicy(torch.bfloat16, reduce_dtype=torch.float32)
     for block in model.transformer.h:
         if compile:
             block.compile()
-        fully_shard(block, **({'mp_policy': mp} if mp else {}))
-    fully_shard(model, **({'mp_policy': mp} if mp else {}))
+        fully_shard(block, **options)
+    fully_shard(model, **options)
     if any(p.is_meta for p in model.parameters()):
         model.to_empty(device=device)  # FSDP keeps the tied embedding and head one parameter
     if from_rank0:
@@ -136,15 +149,25 @@ def save(out_dir, name, state, model, optimizer):
             raise
         fail(f"cannot write {path} ({_reason(e)}); the previous checkpoint is unchanged. Free some disk space "
              f"or choose another --out_dir")
+    error = [None]
     if dist.get_rank() == 0:
-        files = {f: os.path.getsize(os.path.join(tmp, f)) for f in os.listdir(tmp)}
-        checkpoint.save(os.path.join(tmp, META), dict(state, files=files))
-        if os.path.isdir(path):
-            os.replace(path, old)
-        os.replace(tmp, path)  # the checkpoint is whole in either folder at every moment
-        shutil.rmtree(old, ignore_errors=True)
-        checkpoint.remove(out_dir, *checkpoint.stale(name))
-    dist.barrier()  # no process goes on (or exits) before the checkpoint is in place
+        try:
+            meta = dict(state, files={f: os.path.getsize(os.path.join(tmp, f)) for f in os.listdir(tmp)})
+            with open(os.path.join(tmp, META), 'wb') as f:  # the rename below makes the whole folder current
+                torch.save(dict(meta, checksum=checkpoint.digest(meta)), f)
+                f.flush()
+                os.fsync(f.fileno())
+            if os.path.isdir(path):
+                os.replace(path, old)
+            os.replace(tmp, path)  # the checkpoint is whole in either folder at every moment
+            shutil.rmtree(old, ignore_errors=True)
+            checkpoint.remove(out_dir, *checkpoint.stale(name))
+        except (OSError, RuntimeError) as e:
+            error = [f"cannot write {path} ({oneline(e)}); the previous checkpoint is unchanged. Free some disk "
+                     f"space or choose another --out_dir"]
+    dist.broadcast_object_list(error, src=0)  # no process goes on (or exits) before the checkpoint is in place
+    if error[0]:
+        fail(error[0])
     return f"saved sharded checkpoint to {path} (iter {state['iter_num']}, {dist.get_world_size()} shards)"
 
 
@@ -204,6 +227,9 @@ def restore(ckpt, path, model, optimizer):
     names = {p: n for n, p in model.named_parameters()}
     order = [names[p] for group in optimizer.param_groups for p in group['params']]
     saved = ckpt['optimizer']
+    if sorted(i for g in saved['param_groups'] for i in g['params']) != list(range(len(order))):
+        raise ValueError(f"it holds the state of {sum(len(g['params']) for g in saved['param_groups'])} "
+                         f"tensors, this model has {len(order)}")
     state = {'state': {order[i]: s for i, s in saved['state'].items()},
              'param_groups': [dict(g, params=[order[i] for i in g['params']]) for g in saved['param_groups']]}
     set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))

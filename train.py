@@ -98,7 +98,7 @@ if gradient_accumulation_steps % world_size:  # checked by every process before 
          f"processes; make it a multiple of {world_size}")
 gradient_accumulation_steps //= world_size
 device, device_type, dtype, ctx = runtime.setup_device(device, dtype, local_rank if ddp else None, not fsdp)
-sharding.check(fsdp, ddp, dtype, eval_tasks)  # FSDP: its own mixed precision in place of autocast (ctx)
+sharding.check(fsdp, ddp, device_type, dtype, eval_tasks)  # FSDP: its own mixed precision in place of autocast (ctx)
 ckpt = ckpt_file = None
 if init_from == 'resume':  # the checkpoint fixes the model's shape
     ckpt, ckpt_file, notes = checkpoint.for_resume(out_dir, given, sharded=fsdp)
@@ -183,13 +183,14 @@ if ddp and not fsdp:
 
 @torch.no_grad()
 def estimate_loss():
-    """Mean loss per split over the fixed evaluation windows, which the processes share out in equal turns;
+    """Mean loss per split over the fixed evaluation windows, which the processes share out (FSDP: in turns);
     None if a stop came on the way (checked between batches, but not under FSDP, whose processes compute together)."""
     out = {}
     eval_model.eval()
     for split in ('train', 'val'):
         losses = torch.zeros(eval_iters + world_size, device=device)  # a slot per batch, spares, a stop flag
-        for k in range(rank, -(-eval_iters // world_size) * world_size, world_size):
+        last = -(-eval_iters // world_size) * world_size if fsdp else eval_iters  # FSDP: all take every turn
+        for k in range(rank, last, world_size):
             if runtime.stop_signal is not None and not fsdp:
                 losses[-1] = 1
                 break

@@ -297,10 +297,28 @@ def test_interrupted_by_sigint_then_resumed_is_the_same_run(runs, tmp_path):
     out, err = proc.communicate(timeout=120)
     stopped = int(re.search(r'stopped by SIGINT at iter (\d+)', err)[1])
     assert 3 <= stopped < 30 and 'saved sharded checkpoint' in out, err[-3000:]
-    p = torchrun(f'--dataset={data}', f'--out_dir={tmp_path / "run"}', *LONG, *FSDP, '--init_from=resume')
+    p = torchrun(f'--dataset={data}', f'--out_dir={tmp_path / "run"}', *LONG, *FSDP, '--init_from=resume',
+                 '--activation_checkpointing=True')  # recomputing the activations changes no bit either
     assert p.returncode == 0, p.stderr[-3000:]
     assert f'at iter {stopped}' in p.stdout and 'random state restored for all 2 process(es)' in p.stdout
     assert_same(state(tmp_path / 'run' / 'ckpt.dcp')[0], state(tmp / 'fsdp' / 'ckpt.dcp')[0])  # bit for bit
+
+
+SPY = r'''
+import os, runpy, sys
+sys.path.insert(0, os.environ['REPO'])
+import model
+read = model.GPT.from_pretrained.__func__
+
+def spy(cls, *args, **kwargs):  # note which processes read the weights
+    with open(os.environ['READERS'], 'a') as f:
+        f.write(os.environ['RANK'] + '\n')
+    return read(cls, *args, **kwargs)
+
+model.GPT.from_pretrained = classmethod(spy)
+sys.argv[0] = os.path.join(os.environ['REPO'], 'train.py')
+runpy.run_path(sys.argv[0], run_name='__main__')
+'''
 
 
 def test_finetune_gpt2_weights_read_by_rank_0_alone(runs, tmp_path):
@@ -311,14 +329,52 @@ def test_finetune_gpt2_weights_read_by_rank_0_alone(runs, tmp_path):
     args = [f'--dataset={data}', f'--init_from={tmp_path / "hf"}', '--block_size=32', '--max_iters=4',
             '--gradient_accumulation_steps=4', '--eval_iters=3']
     ddp = torchrun(*args, f'--out_dir={tmp_path / "ddp"}')
-    fsdp = torchrun(*args, f'--out_dir={tmp_path / "fsdp"}', '--fsdp=True', '--sample_tokens=12')
-    assert ddp.returncode == 0 and fsdp.returncode == 0, fsdp.stderr[-3000:]
-    # rank 1 built the model on the meta device and took rank 0's weights (cut to 32 positions) when sharded
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    (tmp_path / 'spy.py').write_text(SPY)
+    env = dict(os.environ, REPO=str(REPO), READERS=str(tmp_path / 'readers'), OMP_NUM_THREADS='1',
+               PYTHONUNBUFFERED='1')
+    spied = lambda *more: subprocess.run(
+        [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', str(tmp_path / 'spy.py'),
+         *TINY, *args, *more], capture_output=True, text=True, env=env, timeout=300)
+    fsdp = spied(f'--out_dir={tmp_path / "fsdp"}', '--fsdp=True', '--sample_tokens=12')
+    assert fsdp.returncode == 0, fsdp.stderr[-3000:]
+    # rank 0 alone read the weights; rank 1 built the model on the meta device and took its shards from
+    # rank 0's (cut to 32 positions) when sharded: the same weights as DDP's after training
+    assert (tmp_path / 'readers').read_text() == '0\n'
     a, b = state(tmp_path / 'ddp' / 'ckpt.pt')[0], state(tmp_path / 'fsdp' / 'ckpt.dcp')[0]
     assert b['model.transformer.wpe.weight'].shape == (32, 32)
     assert_same(a, b, tol=1e-6)
     # every process computes the sample (FSDP gathers the weights for each step), rank 0 prints it
     assert fsdp.stdout.count('sample 4: ') == 1 and fsdp.stdout.count('sample 0: ') == 1
+    # weights rank 0 cannot use: every process stops with the same one line (regression: rank 1 waited
+    # in a collective and died with a gloo traceback, named as torchrun's root cause)
+    cfg.activation_function = 'relu'
+    transformers.GPT2LMHeadModel(cfg).save_pretrained(tmp_path / 'hf')
+    p = spied(f'--out_dir={tmp_path / "relu"}', '--fsdp=True')
+    assert "error: " in p.stderr and "activation 'relu' is not GPT-2's tanh GELU" in p.stderr
+    assert 'Connection closed' not in p.stderr and 'gloo' not in p.stderr.lower(), p.stderr[-3000:]
+    assert not (tmp_path / 'relu').exists()
+
+
+def test_stale_sharded_leftovers_go_with_their_checkpoint(tmp_path):
+    """What a stopped save leaves (NAME.dcp.old, NAME.dcp.tmp) goes when the run moves past NAME: a stale
+    interrupted.dcp.old would otherwise be resumed from again and again (regression)."""
+    for name in ('interrupted.dcp', 'interrupted.dcp.old', 'interrupted.dcp.tmp', 'ckpt.pt'):
+        (tmp_path / name).mkdir()
+    (tmp_path / 'ckpt.dcp').mkdir()
+    assert checkpoint.find(str(tmp_path), sharded=True) == str(tmp_path / 'interrupted.dcp')
+    checkpoint.remove(str(tmp_path), *checkpoint.stale('ckpt.dcp'))
+    assert sorted(os.listdir(tmp_path)) == ['ckpt.dcp']
+    os.rename(tmp_path / 'ckpt.dcp', tmp_path / 'ckpt.dcp.old')  # a save that stopped between its renames
+    assert checkpoint.find(str(tmp_path)) == str(tmp_path / 'ckpt.dcp.old')
+
+
+def test_activation_checkpointing_without_fsdp_trains_the_same(tiny_data, tmp_path, script):
+    plain = script('train.py', *TINY, f'--dataset={tiny_data}', f'--out_dir={tmp_path / "a"}', '--max_iters=4')
+    ac = script('train.py', *TINY, f'--dataset={tiny_data}', f'--out_dir={tmp_path / "b"}', '--max_iters=4',
+                '--activation_checkpointing=True')
+    assert lines(ac.out) == lines(plain.out) and len(lines(plain.out)) == 6  # recomputed, to the bit
+    assert_same(state(tmp_path / 'b' / 'ckpt.pt')[0], state(tmp_path / 'a' / 'ckpt.pt')[0])
 
 
 def test_bench_state_per_process_halves():
