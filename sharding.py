@@ -49,12 +49,16 @@ def place(model, device, dtype, fsdp, activation_checkpointing=False, compile=Fa
     """The model ready to train: moved to the device, or (fsdp) sharded over the processes; with
     activation checkpointing each Block's activations are recomputed in the backward pass instead of kept
     from the forward. torch's composable checkpoint hooks into each Block and leaves the parameter names
-    (and so every state dict) as they are."""
+    (and so every state dict) as they are. compile, with either: torch.compile each Block, as torch's FSDP
+    examples do (a whole-model compile trips over the recompute's hooks: its recomputed tensors differ
+    from the saved ones); train.py compiles the whole model otherwise."""
     if activation_checkpointing:
         from torch.distributed._composable import checkpoint as recompute
         for block in model.transformer.h:
             recompute(block)
-    return shard(model, device, dtype, from_rank0, compile) if fsdp else model.to(device)
+    for block in model.transformer.h if compile and (fsdp or activation_checkpointing) else []:
+        block.compile()
+    return shard(model, device, dtype, from_rank0) if fsdp else model.to(device)
 
 
 def pretrained(init_from, override_args):
@@ -76,13 +80,12 @@ def pretrained(init_from, override_args):
     return model
 
 
-def shard(model, device, dtype, from_rank0=False, compile=False):
+def shard(model, device, dtype, from_rank0=False):
     """fully_shard every Block, then the root (the embeddings, the tied head and ln_f): each process keeps
     1/N of every parameter and gathers a group's whole only while computing with it. With bfloat16 the
     gathered parameters are bfloat16 and the gradients are reduced in float32 (FSDP's mixed precision,
     in place of autocast); the sharded parameters and AdamW's state stay float32. A model on the meta
-    device gets memory on `device` here; from_rank0 fills every process's shards from rank 0's weights.
-    compile: torch.compile each Block, before it is sharded, as torch's FSDP examples do."""
+    device gets memory on `device` here; from_rank0 fills every process's shards from rank 0's weights."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -92,8 +95,6 @@ def shard(model, device, dtype, from_rank0=False, compile=False):
     if dtype == 'bfloat16':
         options['mp_policy'] = MixedPrecisionPolicy(torch.bfloat16, reduce_dtype=torch.float32)
     for block in model.transformer.h:
-        if compile:
-            block.compile()
         fully_shard(block, **options)
     fully_shard(model, **options)
     if any(p.is_meta for p in model.parameters()):

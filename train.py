@@ -173,8 +173,8 @@ if ckpt is not None:  # under FSDP: sharded across the processes (from a sharded
     notes.append(f"max_iters={max_iters} is reached already: raise it to train on" if iter_num >= max_iters else None)
     if master_process:
         print(checkpoint.resume_report(ckpt, ckpt_file, config, notes))
-raw_model = model  # unwrapped and uncompiled: what checkpoints store (FSDP: sharded, its Blocks compiled)
-if compiling and not fsdp:
+raw_model = model  # unwrapped and uncompiled: what checkpoints store (FSDP: sharded)
+if compiling and not (fsdp or activation_checkpointing):  # else sharding.place compiled each Block
     model = torch.compile(model)
 eval_model = model  # evaluation never goes through the DDP wrapper (its forward may sync)
 if ddp and not fsdp:
