@@ -179,7 +179,7 @@ else:
     model = raw_model = sharding.place(model, device, dtype, fsdp, activation_checkpointing, compile)
     optimizer = model.configure_optimizers(weight_decay, learning_rate, (0.9, 0.95), device_type)
     scaler = runtime.grad_scaler(device_type, dtype)
-    if compile and not (fsdp or activation_checkpointing):  # else sharding.place compiled each Block
+    if compile and not sharding.compiles_blocks(fsdp, activation_checkpointing):  # else place() did, per Block
         model = torch.compile(model)
     if ddp and not fsdp:
         from torch.nn.parallel import DistributedDataParallel as DDP

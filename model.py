@@ -239,9 +239,9 @@ class GPT(nn.Module):
         from transformers import GPT2LMHeadModel  # imported here: only this path needs transformers
         try:
             hf = GPT2LMHeadModel.from_pretrained(name_or_path)
-        except (OSError, ValueError) as e:
+        except Exception as e:  # a missing folder or download, a damaged weights file, ...
             raise ValueError(f"cannot load GPT-2 weights from {name_or_path!r} (a gpt2* name or a local "
-                             f"save_pretrained directory): {str(e).splitlines()[0]}") from e
+                             f"save_pretrained directory): {(str(e).splitlines() or [type(e).__name__])[0]}") from e
         hc = hf.config
         if hc.activation_function not in ('gelu_new', 'gelu_pytorch_tanh'):
             raise ValueError(f"{name_or_path}: activation {hc.activation_function!r} is not GPT-2's tanh GELU")

@@ -45,6 +45,11 @@ def check(fsdp, ddp, device_type, dtype, eval_tasks):
              "--nproc_per_node=2 train.py ... --fsdp=True")
 
 
+def compiles_blocks(fsdp, activation_checkpointing):
+    """Whether torch.compile goes Block by Block (place() does it), not over the whole model."""
+    return fsdp or activation_checkpointing
+
+
 def place(model, device, dtype, fsdp, activation_checkpointing=False, compile=False, from_rank0=False):
     """The model ready to train: moved to the device, or (fsdp) sharded over the processes; with
     activation checkpointing each Block's activations are recomputed in the backward pass instead of kept
@@ -56,7 +61,7 @@ def place(model, device, dtype, fsdp, activation_checkpointing=False, compile=Fa
         from torch.distributed._composable import checkpoint as recompute
         for block in model.transformer.h:
             recompute(block)
-    for block in model.transformer.h if compile and (fsdp or activation_checkpointing) else []:
+    for block in model.transformer.h if compile and compiles_blocks(fsdp, activation_checkpointing) else []:
         block.compile()
     return shard(model, device, dtype, from_rank0) if fsdp else model.to(device)
 
@@ -70,6 +75,8 @@ def pretrained(init_from, override_args):
             model = GPT.from_pretrained(init_from, override_args)
         except ValueError as e:
             error = str(e)
+        except Exception as e:  # e.g. a damaged weights file, no transformers: every process must hear of it
+            error = f"cannot load GPT-2 weights from {init_from!r}: {oneline(e)}"
     shape = [error or (model and dict(vars(model.config)))]  # every process learns the shape, or the error
     dist.broadcast_object_list(shape, src=0)
     if isinstance(shape[0], str):
@@ -136,39 +143,51 @@ def save(out_dir, name, state, model, optimizer):
     from torch.distributed.checkpoint.state_dict import get_state_dict
     path = os.path.join(out_dir, name)
     tmp, old = path + '.tmp', path + '.old'
-    if dist.get_rank() == 0:
+    rank0 = dist.get_rank() == 0
+
+    def agree(step):
+        """step() on rank 0 (or, rank None, on every process); an error there stops every process in
+        one line, with the unfinished folder removed and the previous checkpoint as it was."""
+        error = [None]
+        try:
+            step()
+        except Exception as e:  # e.g. a full disk; DCP's own CheckpointException is a BaseException
+            error = [_reason(e)]
+        except BaseException as e:
+            if type(e).__name__ != 'CheckpointException':
+                raise  # Ctrl-C, SystemExit
+            error = [_reason(e)]
+        errors = [None] * dist.get_world_size()
+        dist.all_gather_object(errors, error[0])  # also the barrier: every process waits for the step
+        if any(errors):
+            if rank0:
+                shutil.rmtree(tmp, ignore_errors=True)
+            fail(f"cannot write {path} ({next(e for e in errors if e)}); the previous checkpoint is unchanged. "
+                 f"Free some disk space or choose another --out_dir")
+
+    def tidy():  # what a save that stopped left
         if os.path.isdir(old) and not os.path.isdir(path):  # a crash between the two renames below
             os.replace(old, path)
         for stale in (tmp, old):
             shutil.rmtree(stale, ignore_errors=True)
-    dist.barrier()
+
+    def commit():
+        meta = dict(state, files={f: os.path.getsize(os.path.join(tmp, f)) for f in os.listdir(tmp)})
+        with open(os.path.join(tmp, META), 'wb') as f:  # the rename below makes the whole folder current
+            torch.save(dict(meta, checksum=checkpoint.digest(meta)), f)
+            f.flush()
+            os.fsync(f.fileno())
+        if os.path.isdir(path):
+            os.replace(path, old)
+        os.replace(tmp, path)  # the checkpoint is whole in either folder at every moment
+
     model_state, optim_state = get_state_dict(model, optimizer)
-    try:
-        dcp.save({'model': model_state, 'optimizer': optim_state}, checkpoint_id=tmp)
-    except (OSError, RuntimeError, BaseException) as e:  # DCP's CheckpointException is a BaseException
-        if isinstance(e, (KeyboardInterrupt, SystemExit)):
-            raise
-        fail(f"cannot write {path} ({_reason(e)}); the previous checkpoint is unchanged. Free some disk space "
-             f"or choose another --out_dir")
-    error = [None]
-    if dist.get_rank() == 0:
-        try:
-            meta = dict(state, files={f: os.path.getsize(os.path.join(tmp, f)) for f in os.listdir(tmp)})
-            with open(os.path.join(tmp, META), 'wb') as f:  # the rename below makes the whole folder current
-                torch.save(dict(meta, checksum=checkpoint.digest(meta)), f)
-                f.flush()
-                os.fsync(f.fileno())
-            if os.path.isdir(path):
-                os.replace(path, old)
-            os.replace(tmp, path)  # the checkpoint is whole in either folder at every moment
-            shutil.rmtree(old, ignore_errors=True)
-            checkpoint.remove(out_dir, *checkpoint.stale(name))
-        except (OSError, RuntimeError) as e:
-            error = [f"cannot write {path} ({oneline(e)}); the previous checkpoint is unchanged. Free some disk "
-                     f"space or choose another --out_dir"]
-    dist.broadcast_object_list(error, src=0)  # no process goes on (or exits) before the checkpoint is in place
-    if error[0]:
-        fail(error[0])
+    agree(tidy if rank0 else lambda: None)
+    agree(lambda: dcp.save({'model': model_state, 'optimizer': optim_state}, checkpoint_id=tmp))
+    agree(commit if rank0 else lambda: None)
+    if rank0:  # the new checkpoint is in place: what it supersedes goes
+        shutil.rmtree(old, ignore_errors=True)
+        checkpoint.remove(out_dir, *checkpoint.stale(name))
     return f"saved sharded checkpoint to {path} (iter {state['iter_num']}, {dist.get_world_size()} shards)"
 
 
@@ -177,8 +196,8 @@ def _reason(e):
     (with a traceback in its message), so the first of those."""
     failures = getattr(e, 'failures', None)
     if failures:
-        first = next(iter(failures.values()))
-        e = getattr(first, 'exception', first)
+        first = next(iter(failures.values()))  # (exception, its traceback's frames) in torch 2.13
+        e = first[0] if isinstance(first, tuple) else getattr(first, 'exception', first)
     return oneline(e)
 
 

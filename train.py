@@ -174,7 +174,7 @@ if ckpt is not None:  # under FSDP: sharded across the processes (from a sharded
     if master_process:
         print(checkpoint.resume_report(ckpt, ckpt_file, config, notes))
 raw_model = model  # unwrapped and uncompiled: what checkpoints store (FSDP: sharded)
-if compiling and not (fsdp or activation_checkpointing):  # else sharding.place compiled each Block
+if compiling and not sharding.compiles_blocks(fsdp, activation_checkpointing):  # else place() did, per Block
     model = torch.compile(model)
 eval_model = model  # evaluation never goes through the DDP wrapper (its forward may sync)
 if ddp and not fsdp:

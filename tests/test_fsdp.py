@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import checkpoint
+import sharding
 from conftest import REPO, TINY, assert_one_line_error, chars_of
 from test_ddp import torchrun
 
@@ -81,8 +82,13 @@ dist.init_process_group('gloo')
 rank, world = dist.get_rank(), dist.get_world_size()
 X = torch.randint(0, 65, (8, 32), generator=torch.Generator().manual_seed(0))  # 8 rows, learned by heart
 
-compile_block = torch.nn.Module.compile  # train.py compiles on CUDA only; here dynamo without inductor's C++
-torch.nn.Module.compile = lambda self, **kw: compile_block(self, backend='aot_eager')
+compile_block, compiled = torch.nn.Module.compile, []  # train.py compiles on CUDA only; here dynamo alone
+
+def count_and_compile(self, **kwargs):
+    compiled.append(type(self).__name__)
+    compile_block(self, backend='aot_eager')
+
+torch.nn.Module.compile = count_and_compile
 
 def train(mode, ac=False, compile=False):
     torch.manual_seed(0)
@@ -118,6 +124,7 @@ results['fsdp+ac'] = train('fsdp', ac=True)
 results['one+ac'] = train('one', ac=True)
 results['fsdp+ac+compile'] = train('fsdp', ac=True, compile=True)
 results['one+ac+compile'] = train('one', ac=True, compile=True)
+results['compiled'] = compiled
 if rank == 0:
     torch.save(results, os.environ['RESULT'])
 dist.destroy_process_group()
@@ -142,7 +149,9 @@ def test_one_process_ddp_and_fsdp_agree_on_the_same_global_batch(tmp_path):
     # activation checkpointing recomputes the same numbers; compiled Blocks (traced by dynamo through
     # FSDP's and the recompute's hooks) compute them too
     assert torch.equal(torch.tensor(r['fsdp+ac'][0]), fsdp) and torch.equal(torch.tensor(r['one+ac'][0]), one)
-    # (regression: without FSDP, a whole-model compile with activation checkpointing failed its recompute)
+    # (regression: without FSDP, train.py's whole-model compile with activation checkpointing failed the
+    # recompute's check; now place() compiles each Block there too, and train.py leaves the model be)
+    assert r['compiled'] == ['Block'] * 4 and sharding.compiles_blocks(False, True)
     assert (torch.tensor(r['fsdp+ac+compile'][0]) - fsdp).abs().max() < 1e-6
     assert (torch.tensor(r['one+ac+compile'][0]) - one).abs().max() < 1e-6
 
@@ -162,6 +171,16 @@ def test_cross_format_resume_and_sample(runs, tmp_path, script):
     assert sorted(os.listdir(run)) == ['ckpt.pt']
     # and FSDP takes up that ckpt.pt, weights and AdamW state exactly
     assert_same(*sharded_then_gathered(run / 'ckpt.pt', 2, tmp_path))
+    # but not an optimizer state for another number of tensors (regression: an IndexError's traceback)
+    bad = tmp_path / 'bad'
+    bad.mkdir()
+    ckpt, _ = checkpoint.load(str(run / 'ckpt.pt'))
+    gone = ckpt['optimizer']['param_groups'][1]['params'].pop()
+    del ckpt['optimizer']['state'][gone]
+    checkpoint.save(str(bad / 'ckpt.pt'), {k: v for k, v in ckpt.items() if k != 'checksum'})
+    q = torchrun(f'--dataset={data}', f'--out_dir={bad}', '--init_from=resume', '--max_iters=33', *FSDP)
+    assert q.returncode != 0 and 'the optimizer state does not fit the model (ValueError: it holds the state of ' \
+        '14 tensors, this model has 15)' in q.stderr, q.stderr[-3000:]
     q = torchrun(f'--dataset={data}', f'--out_dir={run}', '--init_from=resume', '--max_iters=33', *FSDP)
     assert q.returncode == 0, q.stderr[-3000:]
     assert f'resuming from {run / "ckpt.pt"} at iter 32' in q.stdout and sorted(os.listdir(run)) == ['ckpt.dcp']
@@ -176,7 +195,7 @@ import checkpoint, sharding
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 dist.init_process_group('gloo')
 path = os.environ['CKPT']
-ckpt, _ = sharding.read_meta(path) if os.path.isdir(path) else checkpoint.load(path)
+ckpt, _ = sharding.read_meta(path) if os.path.isdir(path) else checkpoint.load(path, mmap=True)  # as train.py
 model = sharding.place(checkpoint.build_model(ckpt, path), 'cpu', 'float32', True)
 opt = model.configure_optimizers(0.0, 0.0, (0.9, 0.95), 'cpu', verbose=False)
 sharding.restore(ckpt, path, model, opt)
@@ -239,6 +258,14 @@ def test_crash_mid_save_leaves_the_previous_checkpoint(runs, tmp_path, script):
     assert p.returncode == 0, p.stderr[-3000:]
     assert f'resuming from {run / "ckpt.dcp.old"} at iter 30' in p.stdout
     assert sorted(os.listdir(run)) == ['ckpt.dcp'] and checkpoint.load(str(run / 'ckpt.dcp'))[0]['iter_num'] == 31
+    # a save that fails on rank 0 alone (here: renaming the old folder aside): every process stops in one
+    # line, the unfinished folder is gone and the previous checkpoint is as it was
+    (run / 'ckpt.dcp.old').write_text('in the way')
+    p = torchrun(f'--dataset={data}', f'--out_dir={run}', '--init_from=resume', '--max_iters=32', *FSDP)
+    assert p.returncode != 0 and 'error: cannot write' in p.stderr and 'the previous checkpoint is unchanged' \
+        in p.stderr and 'Connection closed' not in p.stderr, p.stderr[-3000:]
+    assert sorted(os.listdir(run)) == ['ckpt.dcp', 'ckpt.dcp.old']
+    assert checkpoint.load(str(run / 'ckpt.dcp'))[0]['iter_num'] == 31
 
 
 @pytest.mark.filterwarnings('ignore:torch.distributed is disabled')
@@ -269,7 +296,7 @@ def test_broken_sharded_checkpoints_fail_in_one_line(runs, tmp_path, script):
     ckpt['files'] = {f: os.path.getsize(run / 'ckpt.dcp' / f) for f in os.listdir(run / 'ckpt.dcp') if f != 'meta.pt'}
     checkpoint.save(str(run / 'ckpt.dcp' / 'meta.pt'), {k: v for k, v in ckpt.items() if k != 'checksum'})
     p = script('sample.py', f'--out_dir={run}', '--device=cpu', check=False)
-    assert_one_line_error(p, 'does not fit this model')
+    assert_one_line_error(p, 'does not fit this model (ValueError: Size mismatch')
     # a shape setting that contradicts the checkpoint
     p = script('train.py', *TINY, f'--dataset={data}', f'--out_dir={tmp / "fsdp"}', '--init_from=resume',
                '--n_layer=3', check=False)
@@ -360,6 +387,14 @@ def test_finetune_gpt2_weights_read_by_rank_0_alone(runs, tmp_path):
     assert "error: " in p.stderr and "activation 'relu' is not GPT-2's tanh GELU" in p.stderr
     assert 'Connection closed' not in p.stderr and 'gloo' not in p.stderr.lower(), p.stderr[-3000:]
     assert not (tmp_path / 'relu').exists()
+    # a damaged weights file (regression: only rank 0's ValueError reached the others)
+    cfg.activation_function = 'gelu_new'
+    transformers.GPT2LMHeadModel(cfg).save_pretrained(tmp_path / 'hf')
+    os.truncate(tmp_path / 'hf' / 'model.safetensors', 100)
+    p = spied(f'--out_dir={tmp_path / "cut"}', '--fsdp=True')
+    assert 'error: cannot load GPT-2 weights from' in p.stderr, p.stderr[-3000:]
+    assert 'Connection closed' not in p.stderr and 'Traceback (most recent call last):\n  File "/' not in \
+        p.stderr.split('torch.distributed.elastic')[0]
 
 
 def test_stale_sharded_leftovers_go_with_their_checkpoint(tmp_path):
