@@ -146,19 +146,15 @@ def save(out_dir, name, state, model, optimizer):
     rank0 = dist.get_rank() == 0
 
     def agree(step):
-        """step() on rank 0 (or, rank None, on every process); an error there stops every process in
-        one line, with the unfinished folder removed and the previous checkpoint as it was."""
-        error = [None]
+        """step() in this process, then every process learns whether any step failed: if one did, all
+        stop in one line, the unfinished folder removed and the previous checkpoint as it was."""
         try:
             step()
-        except Exception as e:  # e.g. a full disk; DCP's own CheckpointException is a BaseException
-            error = [_reason(e)]
-        except BaseException as e:
-            if type(e).__name__ != 'CheckpointException':
-                raise  # Ctrl-C, SystemExit
-            error = [_reason(e)]
+            error = None
+        except (Exception, dcp.CheckpointException) as e:  # e.g. a full disk (DCP's is a BaseException)
+            error = _reason(e)
         errors = [None] * dist.get_world_size()
-        dist.all_gather_object(errors, error[0])  # also the barrier: every process waits for the step
+        dist.all_gather_object(errors, error)  # also the barrier: every process waits for the step
         if any(errors):
             if rank0:
                 shutil.rmtree(tmp, ignore_errors=True)
