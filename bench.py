@@ -25,8 +25,10 @@ from json import dumps
 import numpy as np
 import torch
 
+import corpus
 import runtime
 import sharding
+import vocabulary
 from configurator import configure, fail, make_dir
 from model import GPT, GPTConfig
 
@@ -111,11 +113,11 @@ def peak_memory_mb():
 
 # ---------------------------------------------------------------------------- data
 if real_data:
-    data_dir = runtime.dataset_dir(dataset)
-    n_tokens = runtime.split_tokens(data_dir, 'train', block_size)
-    vocab = runtime.read_vocab(data_dir)
+    data_dir = corpus.dataset_dir(dataset)
+    n_tokens = corpus.split_tokens(data_dir, 'train', block_size)
+    vocab = vocabulary.read_vocab(data_dir)
     vocab_size = len(vocab['chars']) if vocab and 'chars' in vocab else vocab_size
-    runtime.check_vocab(vocab_size, None, runtime.vocab_file(data_dir), vocab)
+    vocabulary.check_vocab(vocab_size, None, vocabulary.vocab_file(data_dir), vocab)
 else:
     xy = torch.randint(vocab_size, (batch_size, block_size + 1), device=device)
     X, Y = xy[:, :-1], xy[:, 1:]  # (B, T) each: the same batch every step
@@ -213,7 +215,7 @@ else:
     with prof:
         for it in range(warmup + steps):
             if real_data:  # fetched outside the clock: only the step is timed
-                X, Y = runtime.windows(data_dir, 'train', torch.randint(n_tokens - block_size, (batch_size,)),
+                X, Y = corpus.windows(data_dir, 'train', torch.randint(n_tokens - block_size, (batch_size,)),
                                        block_size, device)
             sync()
             t0 = time.perf_counter()
@@ -247,4 +249,4 @@ else:
 if json:
     print(dumps(result))
 if ddp:
-    runtime.finish(raw_model, True, 0, check=False)  # the JSON stays the last line
+    runtime.finish(raw_model, True, check=False)  # the JSON stays the last line

@@ -17,15 +17,17 @@ reads those too. Writing one format's checkpoint removes the other's older one (
 import hashlib
 import os
 import shutil
+import warnings
 
 import torch
 import torch.distributed as dist
 
-from configurator import fail, oneline
+from configurator import fail, make_dir, oneline
 from model import GPT, GPTConfig
 
 CKPT, INTERRUPTED = 'ckpt.pt', 'interrupted.pt'
 SHARDED = ('ckpt.dcp', 'interrupted.dcp')  # FSDP's sharded checkpoints (folders, sharding.py), same roles
+META = 'meta.pt'  # in a sharded checkpoint's folder: everything but the weights and optimizer state
 SHAPE = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias')  # settings a checkpoint's weights fix
 FOR_SAMPLING = ('model', 'model_args')
 FOR_RESUMING = FOR_SAMPLING + ('optimizer', 'iter_num', 'best_val_loss', 'config')
@@ -87,8 +89,7 @@ def load(path, keys=FOR_RESUMING, mmap=False):
     note for each that matters. mmap: tensors stay in the file, mapped (copy on write), so that the
     processes of one machine share one copy (FSDP's, which keep a shard each)."""
     if is_sharded(path):  # an FSDP run's, gathered whole here
-        import sharding
-        return sharding.gather(path, with_optimizer='optimizer' in keys)
+        return gather(path, with_optimizer='optimizer' in keys)
     if os.path.isdir(path):
         fail(f"{path} is a folder, not a checkpoint file")
     try:  # onto the CPU first: the GPU that saved it may not be this one
@@ -115,7 +116,7 @@ def load(path, keys=FOR_RESUMING, mmap=False):
 def build_model(ckpt, path, **overrides):
     """The GPT whose weights ckpt holds (overrides: e.g. another dropout); fails in one line if they do
     not fit this model.py. A sharded checkpoint's meta.pt has no weights: the model is built on the meta
-    device, for sharding.restore to fill once it is sharded."""
+    device, for restore() to fill once it is sharded."""
     try:
         with torch.device('cpu' if 'model' in ckpt else 'meta'):
             model = GPT(GPTConfig(**{**ckpt['model_args'], **overrides}))
@@ -145,15 +146,14 @@ def find(out_dir, sharded=False, roles=(INTERRUPTED, CKPT)):
     return None
 
 
-def for_resume(out_dir, given, sharded=False):
+def for_resume(out_dir, given, max_iters, sharded=False):
     """The checkpoint --init_from=resume continues -> (checkpoint, its path, notes), see find(); sharded
     (an FSDP run) reads a folder's meta.pt alone. Every shape setting the user gave must match it."""
     path = find(out_dir, sharded)
     if path is None:
         fail(f"--init_from=resume but {os.path.join(out_dir, CKPT)} does not exist; train first or set --out_dir")
     if sharded and is_sharded(path):
-        import sharding
-        ckpt, notes = sharding.read_meta(path)
+        ckpt, notes = read_meta(path)
     else:
         ckpt, notes = load(path, mmap=sharded)
     args = ckpt['model_args']
@@ -161,6 +161,8 @@ def for_resume(out_dir, given, sharded=False):
     if clash:
         fail(f"{path} does not match the requested model ({'; '.join(clash)}); pass the settings it was "
              f"trained with (e.g. its config file) or another --out_dir")
+    if ckpt['iter_num'] >= max_iters:
+        notes.append(f"max_iters={max_iters} is reached already: raise it to train on")
     return ckpt, path, notes
 
 
@@ -184,6 +186,13 @@ def stale(name):
     return [other] + ([INTERRUPTED, SHARDED[1]] if name in (CKPT, SHARDED[0]) else [])
 
 
+def make_out_dir(out_dir, clear=False):
+    """Create out_dir; clear: remove the checkpoints an earlier run left there (--overwrite=True)."""
+    make_dir(out_dir)
+    if clear:
+        remove(out_dir, CKPT, INTERRUPTED, *SHARDED)
+
+
 def refuse_overwrite(out_dir):
     """A fresh start must not silently replace the checkpoints of an earlier run in out_dir."""
     there = [f for f in (CKPT, INTERRUPTED, *SHARDED, *(n + '.old' for n in SHARDED))
@@ -195,13 +204,12 @@ def refuse_overwrite(out_dir):
 
 def restore(ckpt, path, optimizer, scaler, sharded_model=None):
     """Load the optimizer's and GradScaler's state; this run's AdamW settings (betas, weight decay) stay.
-    sharded_model: an FSDP model, for sharding.restore (which loads a sharded checkpoint's weights too).
+    sharded_model: an FSDP model (from a sharded checkpoint its weights are loaded too).
     Returns a note for the log when an enabled GradScaler finds no state to take up."""
     settings = [{k: g[k] for k in ('betas', 'weight_decay')} for g in optimizer.param_groups]
     try:
         if sharded_model:
-            import sharding
-            sharding.restore(ckpt, path, sharded_model, optimizer)
+            _restore_sharded(ckpt, path, sharded_model, optimizer)
         else:
             optimizer.load_state_dict(ckpt['optimizer'])
         if ckpt['scaler']:  # {} from a run without float16: an enabled scaler starts afresh
@@ -234,11 +242,14 @@ def rng_states(batch_state, device):
     return states
 
 
-def restore_rng(states, batch_gen, device, fresh_seed):
+def restore_rng(states, batch_gen, device, seed, iter_num):
     """Every process takes up its own random streams, or (another number of processes) none does and all
-    start from fresh_seed: a partial restore would be neither exact nor fresh. Returns a note for the log."""
+    start afresh: a partial restore would be neither exact nor fresh. Returns a note for the log."""
     rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    if states is None or len(states) != world_size:  # fresh: not the first batches of the run again
+    if states is None or len(states) != world_size:
+        # a seed of its own for each process and iteration, not the run's first batches again; the
+        # prime stride keeps the processes' seeds apart
+        fresh_seed = seed + rank + 1009 * iter_num
         batch_gen.manual_seed(fresh_seed)
         torch.manual_seed(fresh_seed)
         return None if states is None else (  # an older checkpoint without one: load() has noted it
@@ -249,3 +260,82 @@ def restore_rng(states, batch_gen, device, fresh_seed):
     if device.startswith('cuda') and states[rank]['cuda'] is not None:
         torch.cuda.set_rng_state(states[rank]['cuda'], device)
     return f"random state restored for all {world_size} process(es)"
+
+
+# ----------------------------------------------------------------------------- sharded checkpoints (read)
+def reason(e):
+    """One line for an error that DCP raised: its CheckpointException wraps each process's exception
+    (with a traceback in its message), so the first of those."""
+    failures = getattr(e, 'failures', None)
+    if failures:
+        first = next(iter(failures.values()))  # (exception, its traceback's frames) in torch 2.13
+        e = first[0] if isinstance(first, tuple) else getattr(first, 'exception', first)
+    return oneline(e)
+
+
+def read_meta(path):
+    """A sharded checkpoint's meta.pt -> (checkpoint without weights, notes); fails in one line if a file
+    is missing or has another size than when it was written."""
+    meta = os.path.join(path, META)
+    if not os.path.isfile(meta):
+        fail(f"{path} is an incomplete sharded checkpoint: it has no {META} (its save did not finish); "
+             f"delete it, or resume from another --out_dir")
+    ckpt, notes = load(meta, ('model_args', 'iter_num', 'best_val_loss', 'config', 'files'))
+    wrong = [f for f, size in ckpt['files'].items()
+             if not os.path.isfile(os.path.join(path, f)) or os.path.getsize(os.path.join(path, f)) != size]
+    if wrong:
+        fail(f"{path} is an incomplete sharded checkpoint: {', '.join(sorted(wrong))} missing or cut short; "
+             f"copy the whole folder again, or resume from another --out_dir")
+    return ckpt, notes
+
+
+def _load_sharded(path, model, optimizer):
+    """DCP's read of the model's (and optimizer's) state from path into their state dicts, as they are
+    laid out here: sharded over this run's processes, or whole in a single process."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    model_state, optim_state = get_state_dict(model, optimizer if optimizer is not None else [])
+    state = {'model': model_state, **({'optimizer': optim_state} if optimizer is not None else {})}
+    try:
+        with warnings.catch_warnings():  # one process reading it alone is the intent here
+            warnings.filterwarnings('ignore', 'torch.distributed is disabled')
+            dcp.load(state, checkpoint_id=path, no_dist=not dist.is_initialized())
+        set_state_dict(model, optimizer if optimizer is not None else [], model_state_dict=model_state,
+                       optim_state_dict=optim_state if optimizer is not None else {})
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # DCP's CheckpointException: a missing key, another shape
+        fail(f"{path} does not fit this model ({reason(e)}); resume with the settings it was trained "
+             f"with, or another --out_dir")
+
+
+def _restore_sharded(ckpt, path, model, optimizer):
+    """Load a checkpoint's optimizer state (and, from a sharded one, the weights too) into the sharded
+    model and optimizer. From a ckpt.pt (weights already in the model before it was sharded) its
+    optimizer state, keyed by position, is keyed by parameter name for torch to shard."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    if is_sharded(path):
+        return _load_sharded(path, model, optimizer)
+    names = {p: n for n, p in model.named_parameters()}
+    order = [names[p] for group in optimizer.param_groups for p in group['params']]
+    saved = ckpt['optimizer']
+    if sorted(i for g in saved['param_groups'] for i in g['params']) != list(range(len(order))):
+        raise ValueError(f"it holds the state of {sum(len(g['params']) for g in saved['param_groups'])} "
+                         f"tensors, this model has {len(order)}")
+    state = {'state': {order[i]: s for i, s in saved['state'].items()},
+             'param_groups': [dict(g, params=[order[i] for i in g['params']]) for g in saved['param_groups']]}
+    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+def gather(path, with_optimizer=True):
+    """A sharded checkpoint gathered whole into this process -> (checkpoint in ckpt.pt's format, notes)."""
+    ckpt, notes = read_meta(path)
+    ckpt.pop('files')
+    model = GPT(GPTConfig(**ckpt['model_args']))
+    # the same parameter groups as in training; DCP restores their settings (lr, betas, weight decay)
+    optimizer = model.configure_optimizers(0.0, 0.0, (0.9, 0.95), 'cpu', verbose=False) if with_optimizer else None
+    _load_sharded(path, model, optimizer)
+    ckpt['model'] = model.state_dict()
+    if optimizer is not None:
+        ckpt['optimizer'] = optimizer.state_dict()
+    return ckpt, notes

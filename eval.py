@@ -19,14 +19,18 @@ from json import dumps
 import torch
 
 import checkpoint
+import corpus
+import loading
 import metrics
 import runtime
 import tasks
+import vocabulary
 from configurator import configure, fail
 
 # -----------------------------------------------------------------------------
 init_from = 'resume'  # 'resume' (out_dir/ckpt.pt), a .pt file, a GPT-2 name ('gpt2' ... 'gpt2-xl') or a HF folder
 out_dir = 'out'       # where train.py wrote ckpt.pt
+vocab_path = ''       # a checkpoint without its vocabulary (nanoGPT's): the meta.json or meta.pkl to read it from
 task = 'val'          # comma list: val, train (a whole split's loss), hellaswag, wikitext, addition, history
 dataset = ''          # val/train: data/<dataset> or a folder with train.bin, val.bin; '' is the checkpoint's own
 stride = 0            # val/train/wikitext: a window every this many tokens (more context, more compute); 0: no overlap
@@ -50,7 +54,7 @@ if 'history' in names and not (init_from == 'resume' or init_from.endswith('.pt'
     fail(f"--task=history reads a checkpoint of train.py (--out_dir or a .pt file), not {init_from!r}")
 ddp, rank, local_rank, world_size = runtime.ranks()
 device, device_type, dtype, ctx = runtime.setup_device(device, dtype, local_rank if ddp else None)
-model, vocab, where, ckpt = runtime.load_model(init_from, out_dir)
+model, vocab, where, ckpt = loading.load_model(init_from, out_dir, vocab_path)
 source = checkpoint.find(out_dir, roles=(checkpoint.CKPT,)) if init_from == 'resume' else init_from  # or ckpt.dcp
 block_size = model.config.block_size
 if stride > block_size:
@@ -60,12 +64,12 @@ if {'val', 'train', 'addition'} & set(names):
     trained_on = ckpt['config'].get('dataset') if ckpt and isinstance(ckpt.get('config'), dict) else None
     if not (dataset or trained_on):
         fail(f"--task={task} needs a dataset: give --dataset=NAME (data/NAME) or a folder with train.bin, val.bin")
-    data_dir = runtime.dataset_dir(dataset or trained_on)
-    data_vocab = runtime.read_vocab(data_dir) or runtime.GPT2
+    data_dir = corpus.dataset_dir(dataset or trained_on)
+    data_vocab = vocabulary.read_vocab(data_dir) or vocabulary.GPT2
     for split in {'val', 'train'} & set(names) or {'val'}:
-        runtime.split_tokens(data_dir, split, block_size, data_vocab)  # there, and fits: checked before any work
-where = runtime.vocab_file(data_dir) if data_dir else where  # a mismatch names the dataset file, as in train.py
-tokenizer = runtime.Tokenizer(runtime.check_vocab(model.config.vocab_size, vocab, where, data_vocab))
+        corpus.split_tokens(data_dir, split, block_size, data_vocab)  # there, and fits: checked before any work
+where = vocabulary.vocab_file(data_dir) if data_dir else where  # a mismatch names the dataset file, as in train.py
+tokenizer = vocabulary.Tokenizer(vocabulary.check_vocab(model.config.vocab_size, vocab, where, data_vocab))
 if ddp:
     runtime.init_distributed(backend, device_type)
 model.to(device)

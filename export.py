@@ -25,7 +25,8 @@ import os
 import torch
 
 import checkpoint
-import runtime
+import loading
+import vocabulary
 from configurator import configure, fail, make_dir, oneline
 
 # -----------------------------------------------------------------------------
@@ -33,6 +34,7 @@ out_dir = 'out'  # the checkpoint to export: out_dir/ckpt.pt
 hf_dir = ''      # write a Hugging Face transformers folder here
 weights = ''     # write a weights-only checkpoint here (a .pt file)
 consolidate = False  # write out_dir/ckpt.pt from the sharded out_dir/ckpt.dcp of an FSDP run
+vocab_path = ''  # a checkpoint without its vocabulary (nanoGPT's): the meta.json or meta.pkl to read it from
 # -----------------------------------------------------------------------------
 configure(globals())
 # -----------------------------------------------------------------------------
@@ -63,7 +65,7 @@ if consolidate:
     checkpoint.save(path, ckpt)  # the same state as the folder: the folder stays, for FSDP runs to resume
     print(f"wrote {path} ({os.path.getsize(path) / 2**20:.1f} MiB) from {sharded} (iter {ckpt['iter_num']})")
 model = checkpoint.build_model(ckpt, ckpt_path, dropout=0.0).eval()
-vocab = runtime.check_vocab(model.config.vocab_size, *runtime.checkpoint_vocab(ckpt, ckpt_path))
+vocab = vocabulary.check_vocab(model.config.vocab_size, *loading.checkpoint_vocab(ckpt, ckpt_path, vocab_path))
 
 if weights:
     make_dir(os.path.dirname(os.path.abspath(weights)), 'weights')
@@ -78,8 +80,8 @@ if hf_dir:
     make_dir(hf_dir, 'hf_dir')
     checkpoint.remove(hf_dir, *TOKENIZER_FILES)  # an earlier export's, which would outlive this one's
     chars = vocab.get('chars')
-    n_vocab = len(chars) if chars else runtime.GPT2_VOCAB
-    eot = None if chars else runtime.GPT2_VOCAB - 1  # <|endoftext|> starts and ends GPT-2's texts
+    n_vocab = len(chars) if chars else vocabulary.GPT2_VOCAB
+    eot = None if chars else vocabulary.GPT2_VOCAB - 1  # <|endoftext|> starts and ends GPT-2's texts
     model.to_hf(n_vocab, bos_token_id=eot, eos_token_id=eot).save_pretrained(hf_dir)
     with open(os.path.join(hf_dir, 'meta.json'), 'w', encoding='utf-8') as f:
         json.dump({'vocab_size': n_vocab, **vocab}, f, ensure_ascii=False)

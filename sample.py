@@ -21,12 +21,17 @@ from contextlib import redirect_stdout
 import numpy as np
 import torch
 
+import corpus
+import loading
 import runtime
+import vocabulary
 from configurator import configure, drop_stdout, fail, oneline
+from data.images.prepare import dequantise, grid
 
 # -----------------------------------------------------------------------------
 init_from = 'resume'  # 'resume' (out_dir/ckpt.pt), a .pt file, a GPT-2 name ('gpt2' ... 'gpt2-xl') or a HF folder
 out_dir = 'out'       # where train.py wrote ckpt.pt
+vocab_path = ''       # a checkpoint without its vocabulary (nanoGPT's): the meta.json or meta.pkl to read it from
 start = "\n"          # the prompt, or "FILE:path" to read it from a file; GPT-2 also takes '<|endoftext|>'
 num_samples = 10
 max_new_tokens = 500  # tokens generated per sample
@@ -59,12 +64,12 @@ stop = unescape(stop)
 device, device_type, dtype, ctx = runtime.setup_device(device, dtype)
 
 # ----------------------------------------------------------------------------- model
-model, vocab, where, ckpt = runtime.load_model(init_from, out_dir)
+model, vocab, where, ckpt = loading.load_model(init_from, out_dir, vocab_path)
 model.eval()
 model.to(device)
 if compile:
     model.compile()  # in place: torch.compile(model) would wrap it, and generate would call the unwrapped model
-tokenizer = runtime.Tokenizer(runtime.check_vocab(model.config.vocab_size, vocab, where))
+tokenizer = vocabulary.Tokenizer(vocabulary.check_vocab(model.config.vocab_size, vocab, where))
 
 # ----------------------------------------------------------------------------- addition and image models
 if 'addition' in tokenizer.vocab:  # a+b= is answered greedily, in plain digits
@@ -79,7 +84,6 @@ if 'addition' in tokenizer.vocab:  # a+b= is answered greedily, in plain digits
     print(f"{a}+{b}={int(answer[::-1])}")
     sys.exit(0)
 if 'image' in tokenizer.vocab:
-    from data.images.prepare import dequantise, grid
     if not png:
         fail("an image model draws images, not text: give --png=PATH")
     palette, size = tokenizer.vocab['image']['palette'], tokenizer.vocab['image']['size']
@@ -89,7 +93,7 @@ if 'image' in tokenizer.vocab:
                                temperature, top_k, top_p)
     images = dequantise(drawn[:, 1:].cpu(), palette, size)
     rows = [list(images[i:i + 8]) for i in range(0, num_samples, 8)]
-    data_dir = runtime.dataset_dir(ckpt['config'].get('dataset', ''), check=False) if ckpt else ''
+    data_dir = corpus.dataset_dir(ckpt['config'].get('dataset', ''), check=False) if ckpt else ''
     held_out = os.path.join(data_dir, 'val.bin')
     if os.path.isfile(held_out):  # Image GPT's figure: the top halves of held-out images, finished by the model
         val = torch.from_numpy(np.fromfile(held_out, dtype=np.uint16).astype(np.int64)).view(-1, size * size + 1)[:8]

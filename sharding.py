@@ -12,7 +12,6 @@ or DDP resume; python export.py --consolidate=True writes it out as out_dir/ckpt
 """
 import os
 import shutil
-import warnings
 
 import torch
 import torch.distributed as dist
@@ -20,9 +19,6 @@ import torch.distributed as dist
 import checkpoint
 from configurator import fail, oneline
 from model import GPT, GPTConfig
-
-META = 'meta.pt'
-
 
 def check(fsdp, ddp, device_type, dtype, eval_tasks):
     """fsdp=True's one-line errors, before any collective."""
@@ -152,7 +148,7 @@ def save(out_dir, name, state, model, optimizer):
             step()
             error = None
         except (Exception, dcp.CheckpointException) as e:  # e.g. a full disk (DCP's is a BaseException)
-            error = _reason(e)
+            error = checkpoint.reason(e)
         errors = [None] * dist.get_world_size()
         dist.all_gather_object(errors, error)  # also the barrier: every process waits for the step
         if any(errors):
@@ -169,7 +165,7 @@ def save(out_dir, name, state, model, optimizer):
 
     def commit():
         meta = dict(state, files={f: os.path.getsize(os.path.join(tmp, f)) for f in os.listdir(tmp)})
-        with open(os.path.join(tmp, META), 'wb') as f:  # the rename below makes the whole folder current
+        with open(os.path.join(tmp, checkpoint.META), 'wb') as f:  # the rename below makes the whole folder current
             torch.save(dict(meta, checksum=checkpoint.digest(meta)), f)
             f.flush()
             os.fsync(f.fileno())
@@ -185,81 +181,3 @@ def save(out_dir, name, state, model, optimizer):
         shutil.rmtree(old, ignore_errors=True)
         checkpoint.remove(out_dir, *checkpoint.stale(name))
     return f"saved sharded checkpoint to {path} (iter {state['iter_num']}, {dist.get_world_size()} shards)"
-
-
-def _reason(e):
-    """One line for an error that DCP raised: its CheckpointException wraps each process's exception
-    (with a traceback in its message), so the first of those."""
-    failures = getattr(e, 'failures', None)
-    if failures:
-        first = next(iter(failures.values()))  # (exception, its traceback's frames) in torch 2.13
-        e = first[0] if isinstance(first, tuple) else getattr(first, 'exception', first)
-    return oneline(e)
-
-
-def read_meta(path):
-    """A sharded checkpoint's meta.pt -> (checkpoint without weights, notes); fails in one line if a file
-    is missing or has another size than when it was written."""
-    meta = os.path.join(path, META)
-    if not os.path.isfile(meta):
-        fail(f"{path} is an incomplete sharded checkpoint: it has no {META} (its save did not finish); "
-             f"delete it, or resume from another --out_dir")
-    ckpt, notes = checkpoint.load(meta, ('model_args', 'iter_num', 'best_val_loss', 'config', 'files'))
-    wrong = [f for f, size in ckpt['files'].items()
-             if not os.path.isfile(os.path.join(path, f)) or os.path.getsize(os.path.join(path, f)) != size]
-    if wrong:
-        fail(f"{path} is an incomplete sharded checkpoint: {', '.join(sorted(wrong))} missing or cut short; "
-             f"copy the whole folder again, or resume from another --out_dir")
-    return ckpt, notes
-
-
-def _load(path, model, optimizer):
-    """DCP's read of the model's (and optimizer's) state from path into their state dicts, as they are
-    laid out here: sharded over this run's processes, or whole in a single process."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-    model_state, optim_state = get_state_dict(model, optimizer if optimizer is not None else [])
-    state = {'model': model_state, **({'optimizer': optim_state} if optimizer is not None else {})}
-    try:
-        with warnings.catch_warnings():  # one process reading it alone is the intent here
-            warnings.filterwarnings('ignore', 'torch.distributed is disabled')
-            dcp.load(state, checkpoint_id=path, no_dist=not dist.is_initialized())
-        set_state_dict(model, optimizer if optimizer is not None else [], model_state_dict=model_state,
-                       optim_state_dict=optim_state if optimizer is not None else {})
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except BaseException as e:  # DCP's CheckpointException: a missing key, another shape
-        fail(f"{path} does not fit this model ({_reason(e)}); resume with the settings it was trained "
-             f"with, or another --out_dir")
-
-
-def restore(ckpt, path, model, optimizer):
-    """Load a checkpoint's optimizer state (and, from a sharded one, the weights too) into the sharded
-    model and optimizer. From a ckpt.pt (weights already in the model before it was sharded) its
-    optimizer state, keyed by position, is keyed by parameter name for torch to shard."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-    if checkpoint.is_sharded(path):
-        return _load(path, model, optimizer)
-    names = {p: n for n, p in model.named_parameters()}
-    order = [names[p] for group in optimizer.param_groups for p in group['params']]
-    saved = ckpt['optimizer']
-    if sorted(i for g in saved['param_groups'] for i in g['params']) != list(range(len(order))):
-        raise ValueError(f"it holds the state of {sum(len(g['params']) for g in saved['param_groups'])} "
-                         f"tensors, this model has {len(order)}")
-    state = {'state': {order[i]: s for i, s in saved['state'].items()},
-             'param_groups': [dict(g, params=[order[i] for i in g['params']]) for g in saved['param_groups']]}
-    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
-
-
-def gather(path, with_optimizer=True):
-    """A sharded checkpoint gathered whole into this process -> (checkpoint in ckpt.pt's format, notes)."""
-    ckpt, notes = read_meta(path)
-    ckpt.pop('files')
-    model = GPT(GPTConfig(**ckpt['model_args']))
-    # the same parameter groups as in training; DCP restores their settings (lr, betas, weight decay)
-    optimizer = model.configure_optimizers(0.0, 0.0, (0.9, 0.95), 'cpu', verbose=False) if with_optimizer else None
-    _load(path, model, optimizer)
-    ckpt['model'] = model.state_dict()
-    if optimizer is not None:
-        ckpt['optimizer'] = optimizer.state_dict()
-    return ckpt, notes

@@ -20,7 +20,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-import runtime
+import corpus
+import vocabulary
 from configurator import fail, oneline
 
 NAMES = ('val', 'train', 'hellaswag', 'wikitext', 'addition')
@@ -98,7 +99,7 @@ def stream_loss(model, tokenizer, tokens, ctx, batch_size=8, stride=0, progress=
     with _bar(len(mine), desc, progress) as bar:
         for i in range(0, len(mine), batch_size):
             rows = list(mine[i:i + batch_size])
-            x, y = runtime.token_windows(tokens, torch.tensor([windows[r][0] for r in rows]), T, str(device))
+            x, y = corpus.token_windows(tokens, torch.tensor([windows[r][0] for r in rows]), T, str(device))
             first = torch.tensor([windows[r][1] for r in rows], device=device)
             counted = torch.arange(T, device=device) >= first[:, None]  # (B, T)
             losses = token_losses(model, x, y.masked_fill(~counted, -1), ctx).double()
@@ -111,7 +112,7 @@ def stream_loss(model, tokenizer, tokens, ctx, batch_size=8, stride=0, progress=
 
 def split_loss(model, tokenizer, data_dir, split, ctx, batch_size=8, stride=0, progress=True):
     """stream_loss over the whole of data_dir/split.bin."""
-    runtime.split_tokens(data_dir, split, model.config.block_size, tokenizer.vocab)  # there, and long enough
+    corpus.split_tokens(data_dir, split, model.config.block_size, tokenizer.vocab)  # there, and long enough
     tokens = np.memmap(os.path.join(data_dir, f'{split}.bin'), dtype=np.uint16, mode='r')
     return stream_loss(model, tokenizer, tokens, ctx, batch_size, stride, progress, f'{split} split')
 
@@ -155,7 +156,7 @@ def prepare(names, vocab, block_size, data_dir, setting='eval_tasks'):
     """train.py's eval_tasks (a comma list) -> [name, ...], with each task's data read and checked now, so
     that a problem (a file, a download, characters the vocabulary lacks) stops the run before it trains."""
     names = check_names(names, setting) if names else []
-    tokenizer = runtime.Tokenizer(vocab) if names else None
+    tokenizer = vocabulary.Tokenizer(vocab) if names else None
     for name in names:
         if name == 'hellaswag':
             hellaswag_data(tokenizer, block_size)
@@ -295,7 +296,7 @@ def addition(model, tokenizer, data_dir, ctx, batch_size=8, progress=True):
     if 'addition' not in vocab:
         fail("--task=addition is for a model trained on data/addition (its meta.json declares 'addition'); "
              "this one was not")
-    runtime.split_tokens(data_dir, 'val', model.config.block_size, vocab)
+    corpus.split_tokens(data_dir, 'val', model.config.block_size, vocab)
     L, prompt = vocab['example_len'], vocab['loss_from'] + 1  # the prompt: 'a+b=', then the answer's digits
     problems = torch.from_numpy(np.fromfile(os.path.join(data_dir, 'val.bin'), dtype=np.uint16).astype(np.int64))
     problems = problems.view(-1, L)
@@ -316,10 +317,10 @@ def addition(model, tokenizer, data_dir, ctx, batch_size=8, progress=True):
 def run(names, model, tokenizer, ctx, data_dir=None, batch_size=8, stride=0, hellaswag_path='', wikitext_path='',
         progress=True):
     """Run the named tasks -> {name: figures}. The model evaluates in eval mode, then returns to its mode.
-    tokenizer: a runtime.Tokenizer, or the vocabulary to make one of (only when there are tasks)."""
+    tokenizer: a vocabulary.Tokenizer, or the vocabulary to make one of (only when there are tasks)."""
     if not names:
         return {}
-    tokenizer = tokenizer if isinstance(tokenizer, runtime.Tokenizer) else runtime.Tokenizer(tokenizer)
+    tokenizer = tokenizer if isinstance(tokenizer, vocabulary.Tokenizer) else vocabulary.Tokenizer(tokenizer)
     training, out = model.training, {}
     model.eval()
     for name in names:
@@ -333,6 +334,11 @@ def run(names, model, tokenizer, ctx, data_dir=None, batch_size=8, stride=0, hel
             out[name] = split_loss(model, tokenizer, data_dir, name, ctx, batch_size, stride, progress)
     model.train(training)
     return out
+
+
+def flatten(figures):
+    """{name: {figure: value}} -> {'tasks/name/figure': value}, as metrics logs them."""
+    return {f'tasks/{name}/{k}': v for name, f in figures.items() for k, v in f.items()}
 
 
 def summary(name, figures):

@@ -139,10 +139,10 @@ def test_hellaswag_scores_equal_transformers(tmp_path, script):
     expected = transformers_scores(hf, EXAMPLES)
     labels = torch.tensor([ex['label'] for ex in EXAMPLES])
     path = write_jsonl(tmp_path / 'hs.jsonl', EXAMPLES)
-    import runtime
+    import vocabulary
     from model import GPT
     model = GPT.from_pretrained(str(tmp_path / 'hf')).eval()
-    tokenizer = runtime.Tokenizer(runtime.GPT2)
+    tokenizer = vocabulary.Tokenizer(vocabulary.GPT2)
     encoded = tasks.hellaswag_tokens(tokenizer, tasks.read_hellaswag(str(path)), 64)
     for batch_size in (4, 12):  # one example to a forward, and three (padded)
         scores = tasks.hellaswag_scores(model, encoded, torch.autocast('cpu', enabled=False), batch_size, False)

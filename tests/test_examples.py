@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-import runtime
+import corpus
+import vocabulary
 from conftest import REPO, TINY, assert_one_line_error, run
 from test_train import losses
 
@@ -54,16 +55,16 @@ def test_addition_problems_are_all_there_disjoint_and_written_backwards(addition
 
 
 def test_batches_start_at_examples_and_mask_the_problem(addition2):
-    vocab = runtime.read_vocab(addition2)
-    n = runtime.split_tokens(str(addition2), 'train', 8, vocab)
-    ix = runtime.starts(n, 8, (64,), torch.Generator().manual_seed(0), vocab)
+    vocab = vocabulary.read_vocab(addition2)
+    n = corpus.split_tokens(str(addition2), 'train', 8, vocab)
+    ix = corpus.starts(n, 8, (64,), torch.Generator().manual_seed(0), vocab)
     assert (ix % 9 == 0).all() and len(set(ix.tolist())) > 50
-    x, y = runtime.windows(str(addition2), 'train', ix, 8, 'cpu', vocab)
+    x, y = corpus.windows(str(addition2), 'train', ix, 8, 'cpu', vocab)
     data = torch.from_numpy(np.fromfile(addition2 / 'train.bin', dtype=np.uint16).astype(np.int64)).view(-1, 9)
     rows = data[ix // 9]
     assert torch.equal(x, rows[:, :8])
     assert (y[:, :5] == -1).all() and torch.equal(y[:, 5:], rows[:, 6:])  # only the sum's 3 digits count
-    stream = runtime.starts(1000, 32, (5,), torch.Generator().manual_seed(0))  # streams as before
+    stream = corpus.starts(1000, 32, (5,), torch.Generator().manual_seed(0))  # streams as before
     assert torch.equal(stream, torch.randint(1000 - 32, (5,), generator=torch.Generator().manual_seed(0)))
 
 

@@ -195,10 +195,10 @@ import checkpoint, sharding
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 dist.init_process_group('gloo')
 path = os.environ['CKPT']
-ckpt, _ = sharding.read_meta(path) if os.path.isdir(path) else checkpoint.load(path, mmap=True)  # as train.py
+ckpt, _ = checkpoint.read_meta(path) if os.path.isdir(path) else checkpoint.load(path, mmap=True)  # as train.py
 model = sharding.place(checkpoint.build_model(ckpt, path), 'cpu', 'float32', True)
 opt = model.configure_optimizers(0.0, 0.0, (0.9, 0.95), 'cpu', verbose=False)
-sharding.restore(ckpt, path, model, opt)
+checkpoint.restore(ckpt, path, opt, torch.amp.GradScaler("cpu", enabled=False), sharded_model=model)
 weights, moments = get_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 if dist.get_rank() == 0:
     torch.save({'model': weights, 'optimizer': moments}, os.environ['RESULT'])

@@ -7,6 +7,7 @@ import torch
 
 import checkpoint
 import runtime
+import vocabulary
 from configurator import oneline
 from model import GPT, GPTConfig
 
@@ -126,4 +127,4 @@ def test_a_bad_meta_json_is_one_line(tmp_path, meta, message):
     """Regression: a string of characters, an empty list or an unknown encoding passed, and failed later."""
     (tmp_path / 'meta.json').write_text(json.dumps(meta))
     with pytest.raises(SystemExit, match=f"cannot read a vocabulary from {tmp_path / 'meta.json'} .*{message}"):
-        runtime.read_vocab(str(tmp_path))
+        vocabulary.read_vocab(str(tmp_path))

@@ -258,7 +258,7 @@ def test_errors(char_ckpt, sample, tmp_path):
     # (garbage, exit 0) unless the prompt happened to hold a token id past the model's vocabulary
     save_checkpoint(out_dir, model, tmp_path / 'moved')
     with pytest.raises(SystemExit, match=rf"the model has {meta['vocab_size']} tokens, fewer than GPT-2's 50257, so it needs "
-                                         r"its dataset's meta.json, which is not at .*moved/meta.json: was the dataset moved"):
+                                         r"its dataset's meta.json, which is not at .*moved/meta.json: name it with --vocab_path=FILE"):
         sample(f'--out_dir={out_dir}', '--start=A')
 
 

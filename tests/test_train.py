@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import checkpoint
+import corpus
 from conftest import (REPO, TINY, TRAINED, assert_one_line_error, chars_of, overwrite_largest_tensor, run,
                       write_char_dataset)
 from model import GPT, GPTConfig
@@ -500,7 +501,7 @@ def test_a_stop_between_log_steps_still_checks_the_loss(trained, trained_copy, t
     """Regression: one process stopped at once on a signal between log steps, without the NaN check of
     the log step, and saved weights that had blown up over the last good checkpoint."""
     import runtime
-    fetched, windows = [], runtime.windows
+    fetched, windows = [], corpus.windows
 
     def stop_at_the_third_batch(*args):
         fetched.append(1)
@@ -529,7 +530,7 @@ def test_fresh_random_state_does_not_replay_the_first_batches(tiny_data, trained
     """Regression: a resume that could not restore the random state (an older checkpoint, another number
     of processes) left the generators at their start, so it drew the run's first batches again."""
     import runtime
-    windows = runtime.windows
+    windows = corpus.windows
 
     def first_training_batch(*args):
         drawn = []

@@ -1,0 +1,91 @@
+"""A model to sample, evaluate, export or finetune, from wherever its weights are: out_dir's checkpoint, a
+.pt file of export.py, GPT-2's weights or a Hugging Face folder, with the vocabulary that goes with them."""
+import os
+import sys
+
+import checkpoint
+import corpus
+import vocabulary
+from configurator import fail
+from model import GPT
+
+
+def checkpoint_vocab(ckpt, path, vocab_path=''):
+    """A checkpoint's vocabulary -> (vocab, where it is): its own, else (a checkpoint written before they
+    held one, such as nanoGPT's) the one at vocab_path (a meta.json or meta.pkl, or a folder holding one),
+    else its dataset's, if that is there. Where it came from a file, a note line on stderr says which."""
+    if ckpt['tokenizer'] is not None:
+        if vocab_path:
+            _note(f"--vocab_path={vocab_path} is not used: {path} holds its own vocabulary")
+        return ckpt['tokenizer'], path
+    if vocab_path:
+        if not os.path.exists(vocab_path):
+            fail(f"--vocab_path={vocab_path} does not exist; give a meta.json or meta.pkl, or the folder holding it")
+        found = vocabulary.vocab_file(vocab_path)
+        if not os.path.isfile(found):
+            fail(f"--vocab_path={vocab_path} holds no meta.json or meta.pkl; give the file or the folder holding it")
+        vocab = vocabulary.read_vocab(found)
+    else:
+        dataset = ckpt['config'].get('dataset') if isinstance(ckpt.get('config'), dict) else None
+        if not (isinstance(dataset, str) and dataset):
+            return None, "(the checkpoint names no dataset)"
+        found = vocabulary.vocab_file(corpus.dataset_dir(dataset, check=False))
+        vocab = vocabulary.read_vocab(found)
+    if vocab is not None:
+        _note(f"{path} holds no vocabulary (an older or nanoGPT checkpoint): using {found}"
+              + ("" if vocab_path else "; --vocab_path=FILE names another"))
+    return vocab, found
+
+
+def _note(text):
+    if int(os.environ.get('RANK', '0')) == 0:
+        print(f"note: {text}", file=sys.stderr)
+
+
+def load_model(init_from, out_dir, vocab_path=''):
+    """The model sample.py, eval.py and export.py read -> (model in eval mode on the CPU, its vocabulary or
+    None, where that is, its checkpoint or None): out_dir/ckpt.pt or else an FSDP run's ckpt.dcp ('resume'),
+    a .pt file (export.py --weights), a GPT-2 name or a Hugging Face folder. vocab_path: see checkpoint_vocab."""
+    if init_from == 'resume' or init_from.endswith('.pt'):
+        path = init_from if init_from != 'resume' else (checkpoint.find(out_dir, roles=(checkpoint.CKPT,)) or
+                                                         os.path.join(out_dir, checkpoint.CKPT))
+        if os.path.isdir(path) and not checkpoint.is_sharded(path):
+            fail(f"{path} is a folder, not a checkpoint file")
+        if not os.path.exists(path):
+            folder = os.path.dirname(path) or '.'
+            there = (f"{folder} does not exist" if not os.path.isdir(folder) else
+                     f"{folder} holds: {', '.join(sorted(os.listdir(folder))[:8]) or 'nothing'}")
+            fail(f"no checkpoint {path} ({there}); train one first, e.g. python train.py "
+                 f"config/train_shakespeare_char.py --out_dir={out_dir}")
+        ckpt, _ = checkpoint.load(path, checkpoint.FOR_SAMPLING)
+        model = checkpoint.build_model(ckpt, path, dropout=0.0)
+        return model.eval(), *checkpoint_vocab(ckpt, path, vocab_path), ckpt
+    if not init_from.startswith('gpt2') and not os.path.isdir(init_from):
+        fail(f"init_from={init_from!r} is not 'resume', a .pt file, a gpt2* name or an existing directory")
+    try:
+        model = GPT.from_pretrained(init_from, dict(dropout=0.0))
+    except ValueError as e:
+        fail(e)
+    vocab = vocabulary.read_vocab(init_from) if os.path.isdir(init_from) else None  # an export holds its own
+    return model.eval(), vocab, os.path.join(init_from, 'meta.json'), None
+
+
+def pretrained(init_from, dropout, block_size, reader=None):
+    """GPT-2 weights (a gpt2* name or a Hugging Face folder) cut to block_size -> (model, the vocabulary its
+    weights were trained on). reader: what reads them, GPT.from_pretrained's signature (FSDP's reads them
+    in rank 0 alone)."""
+    if not (init_from.startswith('gpt2') or os.path.isdir(init_from)):
+        hint = " (a .pt file from export.py is for sample.py)" if init_from.endswith('.pt') else ""
+        fail(f"init_from={init_from!r}: use 'scratch', 'resume', a gpt2* name or a Hugging Face model "
+             f"directory{hint}")
+    try:
+        model = (reader or GPT.from_pretrained)(init_from, dict(dropout=dropout))
+    except ValueError as e:
+        fail(e)
+    if block_size > model.config.block_size:
+        fail(f"block_size={block_size} is longer than the context of {init_from} ({model.config.block_size}); "
+             f"use --block_size={model.config.block_size} or less")
+    if block_size < model.config.block_size:
+        model.crop_block_size(block_size)  # e.g. finetune with a shorter context than GPT-2's 1024
+    # an export holds its own vocabulary
+    return model, vocabulary.read_vocab(init_from) if os.path.isdir(init_from) else vocabulary.GPT2
