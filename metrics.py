@@ -69,6 +69,11 @@ class Metrics:
             self.wandb.finish()
 
 
+def task_figures(figures):
+    """tasks.run's {task: {figure: value}} -> {'tasks/task/figure': value}, as Metrics.log takes them."""
+    return {f'tasks/{name}/{k}': v for name, f in figures.items() for k, v in f.items()}
+
+
 class Stopwatch:
     """Splits one iteration's time into phases. start(on) begins an iteration; `with watch('data'):` charges
     its block to 'data' and the time before it to 'fwd+bwd'. Each mark waits for the device, so the split

@@ -16,12 +16,12 @@ from torch.nn import functional as F
 @dataclass
 class GPTConfig:
     block_size: int = 1024   # longest sequence the learned position table covers
-    vocab_size: int = 50304  # GPT-2's 50257 padded up to a multiple of 64: the lm_head matmul runs faster
+    vocab_size: int = 50304  # GPT-2's 50257 padded to a multiple of 64: a faster lm_head matmul
     n_layer: int = 12
     n_head: int = 12
     n_embd: int = 768
     dropout: float = 0.0
-    bias: bool = True        # bias in Linear/LayerNorm as in GPT-2; False is a bit better and faster
+    bias: bool = True        # in Linear and LayerNorm, as GPT-2; False: a bit better and faster
 
     def __post_init__(self):
         for name in ('block_size', 'vocab_size', 'n_layer', 'n_head', 'n_embd'):
@@ -33,18 +33,6 @@ class GPTConfig:
             raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
 
 
-class LayerNorm(nn.Module):
-    """LayerNorm whose bias can be switched off (nn.LayerNorm's bias flag needs torch >= 2.1)."""
-
-    def __init__(self, ndim, bias):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(ndim))
-        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
-
-    def forward(self, x):
-        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
-
-
 class KVCache:
     """Keys and values of the positions seen so far, preallocated for block_size positions.
 
@@ -52,7 +40,7 @@ class KVCache:
 
     def __init__(self, config):
         self.config = config
-        self.k = self.v = None  # (n_layer, B, nh, block_size, hs) each, allocated on first use with k's dtype
+        self.k = self.v = None  # (n_layer, B, nh, block_size, hs) each, allocated on first use
         self.pos = 0            # positions filled so far
 
     def update(self, layer, k, v):
@@ -64,7 +52,7 @@ class KVCache:
         keys, values = self.k[layer], self.v[layer]
         keys.narrow(2, self.pos, T).copy_(k)
         values.narrow(2, self.pos, T).copy_(v)
-        return keys.narrow(2, 0, self.pos + T), values.narrow(2, 0, self.pos + T)  # (B, nh, past + T, hs)
+        return keys.narrow(2, 0, self.pos + T), values.narrow(2, 0, self.pos + T)  # (B, nh, past+T, hs)
 
 
 class CausalSelfAttention(nn.Module):
@@ -73,7 +61,7 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.layer_idx = layer_idx
         self.n_head, self.n_embd, self.dropout = config.n_head, config.n_embd, config.dropout
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v at once
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
@@ -83,8 +71,8 @@ class CausalSelfAttention(nn.Module):
         q, k, v = qkv.transpose(1, 3).unbind(2)  # each (B, nh, T, hs)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)   # (B, nh, past + T, hs)
-        # Only a fresh sequence has T > 1 (GPT.forward checks); a single new token attends to every cached
-        # one. Written as a branch: under torch.compile T may be symbolic, and SDPA takes a bool, not a SymBool
+        # Only a fresh sequence has T > 1 (GPT.forward checks); one new token attends to every cached
+        # one. A branch: under torch.compile T may be symbolic, and SDPA takes a bool, not a SymBool
         causal = True if T > 1 else False
         # flash / memory-efficient kernels on CUDA
         y = F.scaled_dot_product_attention(q, k, v, is_causal=causal,
@@ -111,9 +99,9 @@ class Block(nn.Module):
 
     def __init__(self, config, layer_idx):
         super().__init__()
-        self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.attn = CausalSelfAttention(config, layer_idx)
-        self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
     def forward(self, x, kv_cache=None):
@@ -129,7 +117,8 @@ def sample_logits(logits, temperature=1.0, top_k=None, top_p=None):
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
     logits = logits.float()
-    logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature  # max 0: a tiny temperature gives -inf, not nan
+    # max 0 before dividing: a tiny temperature then gives -inf, not nan
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
     if top_k is not None:
         kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
         logits = logits.masked_fill(logits < kth, float('-inf'))
@@ -138,7 +127,7 @@ def sample_logits(logits, temperature=1.0, top_k=None, top_p=None):
         probs = F.softmax(sorted_logits, dim=-1)
         mass_before = probs.cumsum(dim=-1) - probs  # mass of the strictly more likely tokens
         drop = mass_before >= top_p
-        drop[:, 0] = False  # the most likely token always survives, even if top_p rounds to 0 in float32
+        drop[:, 0] = False  # the most likely token survives, even if top_p rounds to 0 in float32
         logits = logits.masked_fill(torch.zeros_like(drop).scatter(1, order, drop), float('-inf'))
     return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
 
@@ -153,14 +142,14 @@ class GPT(nn.Module):
             wpe=nn.Embedding(config.block_size, config.n_embd),
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
-            ln_f=LayerNorm(config.n_embd, bias=config.bias),
+            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        # weight tying (Press & Wolf 2017): the output projection is the token embedding, as in GPT-2
+        # weight tying (Press & Wolf 2017): the output projection is the token embedding
         self.transformer.wte.weight = self.lm_head.weight
-        # init (GPT-2): every Linear/Embedding weight N(0, 0.02), biases 0, LayerNorm (1, 0);
-        # each c_proj writes into the residual stream, which every block adds to twice, so those
-        # weights get std 0.02/sqrt(2 * n_layer) to keep the stream's variance from growing with depth
+        # init (GPT-2): every Linear/Embedding weight N(0, 0.02), biases 0, LayerNorm (1, 0); each
+        # c_proj adds to the residual stream, twice per block, so its weights get std 0.02/sqrt(2 *
+        # n_layer): the stream's variance does not grow with depth
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             if name.endswith('c_proj.weight'):
@@ -180,19 +169,19 @@ class GPT(nn.Module):
         return n
 
     def forward(self, idx, targets=None, kv_cache=None):
-        """idx (B, T) token ids -> (logits, loss).
-
-        With targets (B, T), logits cover every position (B, T, V) and loss is the mean cross-entropy
-        (targets of -1 are ignored). Without, only the last position is computed: logits (B, 1, V) and
-        loss None. With a KVCache, idx continues the sequence the cache holds."""
+        """idx (B, T) token ids -> (logits, loss). With targets (B, T): logits (B, T, V) and the mean
+        cross-entropy (targets of -1 are ignored). Without: the last position's logits (B, 1, V) and
+        None. With a KVCache, idx continues the sequence the cache holds."""
         B, T = idx.size()
         past = kv_cache.pos if kv_cache is not None else 0
         if past and T > 1:  # checked before any layer writes into the cache
-            raise NotImplementedError("a cached forward takes either a fresh prompt or one new token")
+            raise NotImplementedError("a cached forward takes a fresh prompt or one new token")
         if past + T > self.config.block_size:
-            raise ValueError(f"sequence of length {past + T} is longer than block_size={self.config.block_size}")
+            raise ValueError(f"sequence of length {past + T} is longer than "
+                             f"block_size={self.config.block_size}")
         pos = torch.arange(past, past + T, dtype=torch.long, device=idx.device)  # (T,)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        tok_emb, pos_emb = self.transformer.wte(idx), self.transformer.wpe(pos)  # (B, T, C), (T, C)
+        x = self.transformer.drop(tok_emb + pos_emb)
         for block in self.transformer.h:
             x = block(x, kv_cache)
         x = self.transformer.ln_f(x)
@@ -201,74 +190,79 @@ class GPT(nn.Module):
         if targets is None:
             return self.lm_head(x[:, -1:, :]), None  # (B, 1, V)
         logits = self.lm_head(x)  # (B, T, V); the loss in float32, also from bfloat16 logits (FSDP)
-        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
     def crop_block_size(self, block_size):
-        """Shrink the context (e.g. 1024 of a GPT-2 checkpoint down to 256) by cutting the position table."""
+        """Shrink the context (e.g. GPT-2's 1024 down to 256) by cutting the position table."""
         if not 0 < block_size <= self.config.block_size:
             raise ValueError(f"block_size={block_size} must be in [1, {self.config.block_size}]")
         self.config.block_size = block_size
-        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size].detach().clone())
+        wpe = self.transformer.wpe
+        wpe.weight = nn.Parameter(wpe.weight[:block_size].detach().clone())
 
-    # Hugging Face's GPT-2 uses Conv1D layers, whose weights are stored (in, out): the transpose of ours
-    _TRANSPOSED = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
+    # Hugging Face's GPT-2 has Conv1D layers, whose weights are stored (in, out): ours transposed
+    _TRANSPOSED = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight',
+                   'mlp.c_proj.weight')
 
     @classmethod
     def from_hf_state_dict(cls, sd, config):
-        """Build a GPT from a Hugging Face GPT2LMHeadModel state dict; every tensor's shape is checked."""
+        """A GPT from a Hugging Face GPT2LMHeadModel state dict; every tensor's shape is checked."""
         model = cls(config)
         ours = model.state_dict()
         missing = [k for k in ours if k not in sd]
         if missing:
-            raise ValueError(f"Hugging Face state dict lacks {len(missing)} tensors, e.g. {missing[:3]}")
+            raise ValueError(f"the state dict lacks {len(missing)} tensors, e.g. {missing[:3]}")
         with torch.no_grad():
-            for k, p in ours.items():  # our names drive the mapping: HF's set of buffers varies by version
+            for k, p in ours.items():  # our names lead: HF's set of buffers varies by version
                 src = sd[k].t() if k.endswith(cls._TRANSPOSED) else sd[k]
                 if src.shape != p.shape:
-                    raise ValueError(f"shape mismatch for {k}: ours {tuple(p.shape)}, HF {tuple(src.shape)}")
+                    raise ValueError(f"shape mismatch for {k}: ours {tuple(p.shape)}, "
+                                     f"HF {tuple(src.shape)}")
                 p.copy_(src)
         return model
 
     @classmethod
     def from_pretrained(cls, name_or_path, override_args=None):
-        """GPT-2 weights: 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl', or a save_pretrained directory."""
+        """GPT-2 weights: 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl' or a save_pretrained folder."""
         unknown = set(override_args or {}) - {'dropout'}
         if unknown:
-            raise ValueError(f"only dropout can be overridden for pretrained models, not {sorted(unknown)}")
+            raise ValueError(f"only dropout can be overridden, not {sorted(unknown)}")
         from transformers import GPT2LMHeadModel  # imported here: only this path needs transformers
         try:
             hf = GPT2LMHeadModel.from_pretrained(name_or_path)
         except Exception as e:  # a missing folder or download, a damaged weights file, ...
-            raise ValueError(f"cannot load GPT-2 weights from {name_or_path!r} (a gpt2* name or a local "
-                             f"save_pretrained directory): {(str(e).splitlines() or [type(e).__name__])[0]}") from e
+            reason = (str(e).splitlines() or [type(e).__name__])[0]
+            raise ValueError(f"cannot load GPT-2 weights from {name_or_path!r} (a gpt2* name or a "
+                             f"local save_pretrained directory): {reason}") from e
         hc = hf.config
         if hc.activation_function not in ('gelu_new', 'gelu_pytorch_tanh'):
-            raise ValueError(f"{name_or_path}: activation {hc.activation_function!r} is not GPT-2's tanh GELU")
+            raise ValueError(f"{name_or_path}: activation {hc.activation_function!r} is not "
+                             f"GPT-2's tanh GELU")
         config = GPTConfig(block_size=hc.n_positions, vocab_size=hc.vocab_size, n_layer=hc.n_layer,
                            n_head=hc.n_head, n_embd=hc.n_embd, bias=True, **(override_args or {}))
         return cls.from_hf_state_dict(hf.state_dict(), config)
 
     def to_hf(self, vocab_size=None, **hf_config):
-        """The inverse of from_pretrained: a transformers GPT2LMHeadModel with the same logits (for its
-        save_pretrained). vocab_size keeps the first rows of the vocabulary, e.g. GPT-2's 50257 of our padded
-        50304; the biases that bias=False leaves out are zeros there. hf_config: more GPT2Config fields."""
+        """The inverse of from_pretrained: a transformers GPT2LMHeadModel with the same logits.
+        vocab_size keeps the first rows, e.g. GPT-2's 50257 of our 50304; the biases that bias=False
+        leaves out are zeros there. hf_config: more GPT2Config fields."""
         from transformers import GPT2Config, GPT2LMHeadModel
         c, ours = self.config, self.state_dict()
         hf = GPT2LMHeadModel(GPT2Config(
-            vocab_size=vocab_size or c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer,
-            n_head=c.n_head, activation_function='gelu_new', resid_pdrop=c.dropout, embd_pdrop=c.dropout,
-            attn_pdrop=c.dropout, **hf_config))
+            vocab_size=vocab_size or c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd,
+            n_layer=c.n_layer, n_head=c.n_head, activation_function='gelu_new',
+            resid_pdrop=c.dropout, embd_pdrop=c.dropout, attn_pdrop=c.dropout, **hf_config))
         with torch.no_grad():
-            for k, p in hf.named_parameters():  # parameters, not buffers (which vary by version); lm_head is wte
+            # parameters, not buffers (which vary by version); lm_head is wte
+            for k, p in hf.named_parameters():
                 src = ours[k].t() if k.endswith(self._TRANSPOSED) else ours.get(k)
                 p.copy_(src[:len(p)] if src is not None else torch.zeros_like(p))  # no bias: zeros
         return hf
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, verbose=True):
-        """AdamW where matrices and embeddings (ndim >= 2) are decayed; biases and LayerNorm gains are not,
-        since shrinking a gain or an offset toward zero does not regularise anything. verbose prints the
-        group sizes."""
+        """AdamW that decays matrices and embeddings (ndim >= 2), not biases and LayerNorm gains:
+        shrinking a gain or an offset toward zero regularises nothing. verbose prints the groups."""
         params = [p for p in self.parameters() if p.requires_grad]
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
@@ -278,10 +272,11 @@ class GPT(nn.Module):
             print(f"decayed tensors: {len(decay)} ({sum(p.numel() for p in decay):,} parameters), "
                   f"non-decayed: {len(no_decay)} ({sum(p.numel() for p in no_decay):,} parameters)")
         fused = device_type == 'cuda' and 'fused' in inspect.signature(torch.optim.AdamW).parameters
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({'fused': True} if fused else {}))
+        extra = {'fused': True} if fused else {}
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **extra)
 
     def estimate_mfu(self, fwdbwd_per_iter, dt, peak_flops):
-        """Model FLOPs utilization: achieved FLOP/s over the device's peak_flops; None without a peak
+        """Model FLOPs utilization: achieved FLOP/s over the device's peak_flops; None without one
         (a CPU). FLOPs per token 6N + 12 L H Q T, N the non-embedding parameters (PaLM, App. B)."""
         if not peak_flops:
             return None
@@ -291,12 +286,12 @@ class GPT(nn.Module):
         return flops_per_token * T * fwdbwd_per_iter / dt / peak_flops
 
     @torch.no_grad()
-    def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, use_cache=True):
-        """Continue idx (B, T) one step at a time, yielding each new token (B, 1) as soon as it is drawn.
-
-        Every step sees the last block_size tokens, as a full recompute would. Within the context the
-        KV cache makes a step cost one position; once the sequence outgrows block_size, the window's
-        learned positions shift at every step, so the window is re-encoded in full (exactness first)."""
+    def generate_stream(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
+                        use_cache=True):
+        """Continue idx (B, T) one step at a time, yielding each new token (B, 1) as it is drawn.
+        Every step sees the last block_size tokens, as a full recompute would. Within the context
+        the KV cache makes a step cost one position; past block_size the window's learned positions
+        shift at every step, so the window is re-encoded in full (exactness first)."""
         block_size = self.config.block_size
         cache = None
         for _ in range(max_new_tokens):
@@ -313,7 +308,8 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, use_cache=True):
-        """Continue idx (B, T) by max_new_tokens tokens -> (B, T + max_new_tokens); see generate_stream."""
-        for idx_next in self.generate_stream(idx, max_new_tokens, temperature, top_k, top_p, use_cache):
+        """Continue idx (B, T) by max_new_tokens tokens -> (B, T + max_new_tokens): generate_stream."""
+        stream = self.generate_stream(idx, max_new_tokens, temperature, top_k, top_p, use_cache)
+        for idx_next in stream:
             idx = torch.cat((idx, idx_next), dim=1)
         return idx

@@ -336,11 +336,6 @@ def run(names, model, tokenizer, ctx, data_dir=None, batch_size=8, stride=0, hel
     return out
 
 
-def flatten(figures):
-    """{name: {figure: value}} -> {'tasks/name/figure': value}, as metrics logs them."""
-    return {f'tasks/{name}/{k}': v for name, f in figures.items() for k, v in f.items()}
-
-
 def summary(name, figures):
     """One line of a task's figures, as eval.py prints them."""
     if name == 'addition':

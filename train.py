@@ -25,7 +25,7 @@ import sharding
 import tasks
 import vocabulary
 from configurator import configure, fail
-from metrics import Metrics, Stopwatch
+from metrics import Metrics, Stopwatch, task_figures
 from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
@@ -264,9 +264,9 @@ while True:
                 text = sampling.sample_text(raw_model, vocab, sample_tokens, ctx, seed=iter_num)
                 runtime.log(f"sample {iter_num}: {text!r}")
             if not math.isfinite(losses['val']):
-                fail(f"val loss is {losses['val']} at iter {iter_num}; the checkpoint is as it was")
+                fail(f"val loss is {losses['val']} at iter {iter_num}; the checkpoint was left as it was")
             metrics.log(iter_num, {f'eval/{split}_loss': v for split, v in losses.items()}
-                        | tasks.flatten(figures))
+                        | task_figures(figures))
             improved = losses['val'] < best_val_loss
             best_val_loss = min(best_val_loss, losses['val'])
             # at start_iter only a resumed checkpoint's postponed evaluation runs: it may be the best
@@ -316,7 +316,7 @@ while True:
     train_time += time.time() - t0
     stopping = stop_votes > 0
     if not math.isfinite(loss_value):
-        fail(f"loss is {loss_value} at iter {iter_num}; stopping, the last checkpoint is as it was")
+        fail(f"loss is {loss_value} at iter {iter_num}; stopping, the last checkpoint was left as it was")
     dt = train_time / (iter_num - last_log_iter)  # per iteration, without evaluations and saves
     # per process against one device's peak (gradient_accumulation_steps is per process by now)
     mfu = raw_model.estimate_mfu(batch_size * gradient_accumulation_steps, dt, peak)  # None on a CPU

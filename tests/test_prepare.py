@@ -6,11 +6,13 @@ import re
 
 import numpy as np
 import pytest
+import torch
 
-from conftest import REPO, SHARED, TEXT, TINY, needs_gpt2_bpe, run
+from conftest import REPO, SHARED, TEXT, TINY, assert_one_line_error, chars_of, needs_gpt2_bpe, run
 from data.openwebtext import prepare as owt
 from data.shakespeare import prepare as bpe
 from data.shakespeare_char import prepare as char
+from model import GPT, GPTConfig
 
 # tiny Shakespeare: a local copy beside the repo, else where prepare.py leaves it (the README's first command)
 SHAKESPEARE = next((p for p in (SHARED / 'data' / 'tinyshakespeare.txt',
@@ -237,3 +239,23 @@ def test_bad_out_dir_is_one_line(tmp_path, script):
     assert p.returncode != 0 and 'Traceback' not in p.stderr, p.stderr
     assert p.stderr.strip().splitlines()[-1] == (f"error: cannot create out_dir '{out / 'sub'}' (Not a "
                                                  f"directory); choose another with --out_dir="), p.stderr
+
+
+@pytest.mark.parametrize('split', ['train', 'val'])
+def test_a_bin_cut_to_an_odd_size_is_one_line_before_anything_is_built(char_dataset, tmp_path, script, split):
+    """Regression: a train.bin or val.bin of an odd number of bytes (a partial copy) ended in numpy's memmap
+    traceback, in train.py and eval.py, after the model was built, and train.py left an empty out_dir."""
+    path = char_dataset / f'{split}.bin'
+    path.write_bytes(path.read_bytes()[:-1])
+    out = tmp_path / 'out'
+    p = script('train.py', *TINY, f'--dataset={char_dataset}', f'--out_dir={out}', check=False)
+    assert_one_line_error(p, f"{path} has {path.stat().st_size:,} bytes, an odd number")
+    assert 'rerun its prepare.py' in p.err and 'vocab_size' not in p.out  # before the model is built
+    assert not out.exists()
+    chars = chars_of(char_dataset)
+    model = GPT(GPTConfig(n_layer=1, n_head=1, n_embd=8, block_size=8, vocab_size=len(chars)))
+    ckpt = tmp_path / 'model.pt'
+    torch.save({'model': model.state_dict(), 'model_args': vars(model.config), 'tokenizer': {'chars': chars}}, ckpt)
+    p = script('eval.py', f'--init_from={ckpt}', f'--dataset={char_dataset}', f'--task={split}', '--device=cpu',
+               check=False)
+    assert_one_line_error(p, f"{path} has {path.stat().st_size:,} bytes, an odd number")

@@ -16,7 +16,8 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO, TINY, chars_of, needs_gpt2_bpe, overwrite_largest_tensor, run, write_char_dataset
+from conftest import (REPO, TINY, assert_one_line_error, chars_of, needs_gpt2_bpe, overwrite_largest_tensor, run,
+                      write_char_dataset)
 from model import GPT, GPTConfig
 
 SEP = '\n---------------\n'
@@ -377,3 +378,42 @@ def test_legacy_checkpoint_and_meta_pkl_still_sample(tmp_path, sample):
     assert samples(res.out)[0].startswith('All:') and len(samples(res.out)[0]) == 14
     assert f"warning: {data / 'meta.pkl'} is a pickle, which runs any code it holds; rerun the dataset's " \
            f"prepare.py to write meta.json instead" in res.err
+
+
+def test_a_checkpoint_without_its_vocabulary_names_it_with_vocab_path(char_ckpt, char_dataset, sample, script,
+                                                                      tmp_path):
+    """Regression: a checkpoint written by nanoGPT (no vocabulary inside) looked for it only in this repo's
+    data/<dataset>: in a fresh clone sample.py and export.py failed with no setting to name it, and where
+    that folder was prepared its vocabulary was taken silently."""
+    out_dir, model, meta = char_ckpt
+    ckpt = out_dir / 'ckpt.pt'
+    save_checkpoint(out_dir, model, 'shakespeare_char_elsewhere')  # nanoGPT's config names the dataset
+    p = script('sample.py', f'--out_dir={out_dir}', '--start=A', check=False)
+    assert_one_line_error(p, "name it with --vocab_path=FILE (sample.py, eval.py, export.py)")
+    folder = tmp_path / 'nanogpt_data'
+    folder.mkdir()
+    (folder / 'meta.pkl').write_bytes(pickle.dumps(meta))  # nanoGPT's vocabulary file
+    res = sample(f'--out_dir={out_dir}', f'--vocab_path={folder / "meta.pkl"}', '--start=All',
+                 '--num_samples=1', '--max_new_tokens=5')
+    assert samples(res.out)[0].startswith('All') and len(samples(res.out)[0]) == 8
+    assert f"note: {ckpt} holds no vocabulary (an older or nanoGPT checkpoint): using {folder / 'meta.pkl'}\n" \
+           in res.err
+    # the folder holding it does as well, for export.py and eval.py
+    weights = tmp_path / 'w.pt'
+    script('export.py', f'--out_dir={out_dir}', f'--vocab_path={folder}', f'--weights={weights}')
+    assert torch.load(weights, weights_only=True)['tokenizer'] == {'chars': chars_of(char_dataset)}
+    p = script('eval.py', f'--out_dir={out_dir}', f'--vocab_path={folder}', f'--dataset={char_dataset}',
+               '--device=cpu')
+    assert p.out.startswith('val: loss ') and f"using {folder / 'meta.pkl'}" in p.err
+    p = script('export.py', f'--out_dir={out_dir}', f'--vocab_path={tmp_path / "nothing"}', f'--weights={weights}',
+               check=False)
+    assert_one_line_error(p, f"--vocab_path={tmp_path / 'nothing'} does not exist")
+    # the checkpoint's dataset, where it is there, is still read; the note names the file
+    save_checkpoint(out_dir, model, char_dataset)
+    res = sample(f'--out_dir={out_dir}', '--start=A', '--num_samples=1', '--max_new_tokens=2')
+    assert f"using {char_dataset / 'meta.json'}; --vocab_path=FILE names another" in res.err
+    # a checkpoint that holds its own vocabulary keeps it, and says the setting is not used
+    save_checkpoint(out_dir, model, char_dataset, tokenizer={'chars': chars_of(char_dataset)})
+    res = sample(f'--out_dir={out_dir}', f'--vocab_path={folder}', '--start=A', '--num_samples=1',
+                 '--max_new_tokens=2')
+    assert f"note: --vocab_path={folder} is not used: {ckpt} holds its own vocabulary" in res.err

@@ -508,7 +508,7 @@ def test_a_stop_between_log_steps_still_checks_the_loss(trained, trained_copy, t
         if len(fetched) == 3:
             runtime.stop_signal = signal.SIGINT
         return windows(*args)
-    monkeypatch.setattr(runtime, 'windows', stop_at_the_third_batch)
+    monkeypatch.setattr(corpus, 'windows', stop_at_the_third_batch)
     before = (trained_copy / 'ckpt.pt').read_bytes()
     p = train(trained.data, trained_copy, '--init_from=resume', '--max_iters=1000', '--log_interval=100',
               '--learning_rate=1e12', '--decay_lr=False', '--grad_clip=0.0', check=False)
@@ -529,12 +529,11 @@ def test_overwrite_removes_the_earlier_runs_checkpoints(trained, trained_copy, t
 def test_fresh_random_state_does_not_replay_the_first_batches(tiny_data, trained, trained_copy, train, monkeypatch):
     """Regression: a resume that could not restore the random state (an older checkpoint, another number
     of processes) left the generators at their start, so it drew the run's first batches again."""
-    import runtime
     windows = corpus.windows
 
     def first_training_batch(*args):
         drawn = []
-        monkeypatch.setattr(runtime, 'windows', lambda d, split, ix, *a: drawn.append((split, ix.tolist())) or
+        monkeypatch.setattr(corpus, 'windows', lambda d, split, ix, *a: drawn.append((split, ix.tolist())) or
                             windows(d, split, ix, *a))
         train(*args)
         return next(ix for split, ix in drawn if split == 'train')
