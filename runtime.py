@@ -4,6 +4,7 @@ import atexit
 import os
 import signal
 import sys
+import time
 from contextlib import nullcontext
 
 import torch
@@ -88,10 +89,45 @@ def setup_device(device='auto', dtype='auto', local_rank=None, autocast=True):
         # TF32 matmuls on Ampere+ GPUs; on a CPU 'high' lets oneDNN compute float32 matmuls in bfloat16
         # (AMX): not float32 any more, and 2x slower for our shapes on a Xeon that has it
         torch.set_float32_matmul_precision('high')
+    if device_type == 'cpu' and local_rank is None and 'OMP_NUM_THREADS' not in os.environ:
+        spare_threads()
     ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
     autocasts = autocast and dtype != 'float32'
     ctx = torch.autocast(device_type=device_type, dtype=ptdtype) if autocasts else nullcontext()
     return device, device_type, dtype, ctx
+
+
+def busy_cores(interval=0.05):
+    """How many cores other programs keep busy now: from /proc/stat over interval seconds (this process
+    sleeps meanwhile), else the 1-minute load average (macOS); None where neither is known."""
+    try:
+        ticks = []
+        for _ in range(2):
+            with open('/proc/stat') as f:
+                ticks.append([int(t) for t in f.readline().split()[1:9]])  # user nice system idle iowait ...
+            time.sleep(interval if len(ticks) == 1 else 0)
+        spent = [b - a for a, b in zip(*ticks)]
+        return (os.cpu_count() or 1) * (1 - (spent[3] + spent[4]) / sum(spent)) if sum(spent) else 0.0
+    except (OSError, ValueError):
+        return os.getloadavg()[0] if hasattr(os, 'getloadavg') else None
+
+
+def spare_threads(busy=None):
+    """On a CPU that other programs keep busy, OpenMP's waiting threads spin against them: a step took 3.5x
+    as long here (README: "A busy CPU"). Then torch uses only the idle cores, at least one, and one line
+    says so; a quiet machine keeps torch's default. OMP_NUM_THREADS, when set, is left as it is."""
+    threads, cores = torch.get_num_threads(), os.cpu_count() or torch.get_num_threads()
+    if threads == 1:
+        return 1
+    busy = busy_cores() if busy is None else busy
+    fewer = max(1, round(cores - busy)) if busy is not None else threads
+    if fewer < threads:
+        torch.set_num_threads(fewer)
+        if int(os.environ.get('RANK', '0')) == 0:
+            print(f"note: other programs keep {busy:.1f} of the {cores} cores busy: using {fewer} thread(s), "
+                  f"not {threads}; OMP_WAIT_POLICY=PASSIVE is faster still, OMP_NUM_THREADS=N decides",
+                  file=sys.stderr)
+    return fewer
 
 
 def grad_scaler(device_type, dtype):

@@ -128,3 +128,30 @@ def test_a_bad_meta_json_is_one_line(tmp_path, meta, message):
     (tmp_path / 'meta.json').write_text(json.dumps(meta))
     with pytest.raises(SystemExit, match=f"cannot read a vocabulary from {tmp_path / 'meta.json'} .*{message}"):
         vocabulary.read_vocab(str(tmp_path))
+
+
+def test_a_busy_cpu_gets_fewer_threads_and_one_note(monkeypatch, capsys):
+    """Regression: on a 2-core machine kept busy by other programs, OpenMP's spinning threads made the
+    quick start 16x slower, and nothing said why. A quiet machine keeps torch's default."""
+    threads, busy_cores = torch.get_num_threads(), runtime.busy_cores
+    assert 0.0 <= busy_cores(interval=0.01) <= runtime.os.cpu_count()  # from /proc/stat, in 10 ms
+    monkeypatch.setattr(runtime.os, 'cpu_count', lambda: 4)
+    try:
+        torch.set_num_threads(4)
+        assert runtime.spare_threads(busy=0.3) == 4 and torch.get_num_threads() == 4
+        assert capsys.readouterr().err == ''
+        assert runtime.spare_threads(busy=2.6) == 1 and torch.get_num_threads() == 1  # 1.4 idle cores
+        assert capsys.readouterr().err == ("note: other programs keep 2.6 of the 4 cores busy: using 1 thread(s), "
+                                           "not 4; OMP_WAIT_POLICY=PASSIVE is faster still, OMP_NUM_THREADS=N decides\n")
+        torch.set_num_threads(4)
+        assert runtime.spare_threads(busy=7.0) == 1  # at least one
+        torch.set_num_threads(4)
+        monkeypatch.setattr(runtime, 'busy_cores', lambda: 3.0)
+        monkeypatch.setenv('OMP_NUM_THREADS', '4')  # the user's choice is left alone
+        runtime.setup_device('cpu', 'float32')
+        assert torch.get_num_threads() == 4
+        monkeypatch.delenv('OMP_NUM_THREADS')
+        runtime.setup_device('cpu', 'float32')
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
