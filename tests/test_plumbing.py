@@ -8,6 +8,7 @@ import torch
 import checkpoint
 import runtime
 import vocabulary
+from conftest import chars_of
 from configurator import oneline
 from model import GPT, GPTConfig
 
@@ -155,3 +156,12 @@ def test_a_busy_cpu_gets_fewer_threads_and_one_note(monkeypatch, capsys):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(threads)
+
+
+def test_the_first_evaluation_says_what_it_does(trained):
+    """Regression: on a CPU, the step-0 evaluation of the GPU config's model took 90 s before any line
+    said what was happening."""
+    lines = trained.stdout.splitlines()
+    assert lines.index('evaluating 5 batches of each split...') == lines.index(next(
+        line for line in lines if line.startswith('step 0:'))) - 1
+    assert f"vocab_size {len(chars_of(trained.data))}: {len(chars_of(trained.data))} characters" in lines
