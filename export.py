@@ -75,7 +75,7 @@ model = checkpoint.build_model(ckpt, ckpt_path, dropout=0.0).eval()
 vocab = vocabulary.check_vocab(model.config.vocab_size, *loading.checkpoint_vocab(ckpt, ckpt_path, vocab_path))
 
 if weights:
-    make_dir(os.path.dirname(os.path.abspath(weights)), 'weights')
+    make_dir(weights, 'weights', file=True)
     checkpoint.save(weights, {'model': ckpt['model'], 'model_args': ckpt['model_args'], 'tokenizer': vocab,
                               **{k: ckpt[k] for k in ('iter_num', 'best_val_loss', 'config') if k in ckpt}})
     size = sum(os.path.getsize(os.path.join(ckpt_path, f)) for f in os.listdir(ckpt_path)) \
