@@ -55,19 +55,22 @@ def oneline(e):
     return text if len(text) <= 300 else text[:297] + '...'
 
 
-def make_dir(path, setting='out_dir', create=True):
-    """Check (and with create, make) the folder a setting names; a problem is one line naming the setting."""
+def make_dir(path, setting='out_dir', create=True, file=False):
+    """Check (and with create, make) the folder a setting names, or with file, the folder of the file it
+    names; a problem is one line naming the setting (and then the file as given, and its folder)."""
+    folder = os.path.dirname(os.path.abspath(path)) if file else path
+    given, what = (f"--{setting}={path}: ", f"its folder {folder}") if file else ("", f"{setting} {path!r}")
     fix = f"choose another with --{setting}="
-    if os.path.exists(path) and not os.path.isdir(path):
-        fail(f"{setting} {path!r} is a file, not a folder; {fix}")
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        fail(f"{given}{what} is a file, not a folder; {fix}")
     if not create:
         return
     try:
-        os.makedirs(path, exist_ok=True)
+        os.makedirs(folder, exist_ok=True)
     except OSError as e:
-        fail(f"cannot create {setting} {path!r} ({e.strerror}); {fix}")
-    if not os.access(path, os.W_OK):
-        fail(f"{setting} {path!r} is not writable; {fix}")
+        fail(f"{given}cannot create {what} ({e.strerror}); {fix}")
+    if not os.access(folder, os.W_OK):
+        fail(f"{given}{what} is not writable; {fix}")
 
 
 def drop_stdout():

@@ -10,6 +10,13 @@ model.safetensors (float32, by transformers' save_pretrained), meta.json (the vo
 checkpoints hold it: {"chars": [...]} for a character model, whose token i is chars[i], or {"encoding":
 "gpt2"}), and tokenizer files that AutoTokenizer reads: one of single characters for a character model,
 GPT-2's for a BPE one, made from tiktoken's cache without a download.
+A character outside a character model's vocabulary is encoded as the unknown token U+FFFD (a private-use
+character if the vocabulary holds U+FFFD), with id vocab_size: the tokenizer has vocab_size + 1 entries, the
+model keeps vocab_size rows and logits, so it refuses that id (IndexError) rather than read it as another
+character; check `tok.unk_token_id in ids` first. The alternatives were worse: without an unknown token
+`tokenizers` raises a bare "Missing [UNK] token" that names no character (its message is fixed, and a
+tokenizer.json holds no code to raise a better one); mapping to an existing character corrupts the text
+silently; a model row for it would change the vocabulary and the logits. Decoding shows it as U+FFFD.
 A padded vocabulary (50304) is cut to GPT-2's 50257: the 47 padding rows are never a token, and no other
 token's logit depends on them. The folder is read back and its logits compared with ours. train.py and
 sample.py take it as --init_from.
@@ -68,7 +75,7 @@ model = checkpoint.build_model(ckpt, ckpt_path, dropout=0.0).eval()
 vocab = vocabulary.check_vocab(model.config.vocab_size, *loading.checkpoint_vocab(ckpt, ckpt_path, vocab_path))
 
 if weights:
-    make_dir(os.path.dirname(os.path.abspath(weights)), 'weights')
+    make_dir(weights, 'weights', file=True)
     checkpoint.save(weights, {'model': ckpt['model'], 'model_args': ckpt['model_args'], 'tokenizer': vocab,
                               **{k: ckpt[k] for k in ('iter_num', 'best_val_loss', 'config') if k in ckpt}})
     size = sum(os.path.getsize(os.path.join(ckpt_path, f)) for f in os.listdir(ckpt_path)) \
@@ -88,10 +95,14 @@ if hf_dir:
     if chars:  # a tokenizer of single characters, so AutoTokenizer reads the folder too
         from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
         from transformers import PreTrainedTokenizerFast
-        tok = Tokenizer(models.WordLevel({c: i for i, c in enumerate(chars)}, unk_token=None))
+        # a character outside the vocabulary is the unknown token, id n_vocab: a single character that is
+        # not a token either, so finding it in a text means the same (U+FFFD unless the vocabulary has it)
+        unk = next(c for c in map(chr, (0xFFFD, *range(0xE000, 0xF900))) if c not in chars)
+        tok = Tokenizer(models.WordLevel({**{c: i for i, c in enumerate(chars)}, unk: n_vocab}, unk_token=unk))
         tok.pre_tokenizer = pre_tokenizers.Split(Regex(r'[\s\S]'), 'isolated')  # every character alone
         tok.decoder = decoders.Fuse()
-        PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=model.config.block_size).save_pretrained(hf_dir)
+        PreTrainedTokenizerFast(tokenizer_object=tok, unk_token=unk,
+                                model_max_length=model.config.block_size).save_pretrained(hf_dir)
     else:
         from tiktoken.load import read_file_cached
         from transformers import GPT2Tokenizer

@@ -1,13 +1,14 @@
 """configurator.py: config files and --key=value flags over a script's globals.
 Run: python -m pytest -q tests/test_configurator.py"""
+import os
 import re
 import subprocess
 import sys
 
 import pytest
 
-from configurator import ConfigError, apply_overrides, configure
-from conftest import REPO, run
+from configurator import ConfigError, UserError, apply_overrides, configure, make_dir
+from conftest import REPO, TINY, assert_one_line_error, run
 
 
 def settings(**extra):
@@ -147,3 +148,20 @@ def test_help_shows_each_settings_comment():
     assert re.search(r"^  --grad_clip=1.0 +clip gradients at this norm; 0.0 disables$", p.stdout, re.M)
     p = run('data/openwebtext/prepare.py', '--help')
     assert re.search(r"^  --num_proc=\d+ +tokenizer processes$", p.stdout, re.M), p.stdout
+
+
+def test_a_file_setting_names_the_file_and_its_folder(tmp_path, script, tiny_data, monkeypatch):
+    """Regression: export.py --weights=DIR/x.pt blamed the folder as if it were the setting's value
+    ("weights 'DIR' is not writable"); the message names the file given and its folder."""
+    (tmp_path / 'afile').write_text('not a folder')
+    script('train.py', *TINY, f'--dataset={tiny_data}', f'--out_dir={tmp_path / "out"}', '--max_iters=1')
+    for target, problem in [(tmp_path / 'afile' / 'sub' / 'x.pt',
+                             f"cannot create its folder {tmp_path / 'afile' / 'sub'} (Not a directory)"),
+                            (tmp_path / 'afile' / 'x.pt', f"its folder {tmp_path / 'afile'} is a file, not a folder")]:
+        p = script('export.py', f'--out_dir={tmp_path / "out"}', f'--weights={target}', check=False)
+        assert_one_line_error(p, f"--weights={target}: {problem}; choose another with --weights=")
+    # tests run as root, who may write into a read-only folder: let os.access say no instead
+    monkeypatch.setattr(os, 'access', lambda path, mode: False)
+    with pytest.raises(UserError) as e:
+        make_dir('x.pt', 'weights', file=True)
+    assert e.value.msg == f"--weights=x.pt: its folder {os.getcwd()} is not writable; choose another with --weights="

@@ -167,3 +167,28 @@ def test_image_inputs_mistakes_are_one_line(tmp_path):
     p = run('data/images/prepare.py', f'--input={tmp_path / "gray.npy"}', check=False)
     assert_one_line_error(p, "holds a uint8 array of shape (4, 8, 8); give (N, H, W, 3) uint8 RGB")
     assert not os.path.exists(tmp_path / 'out')
+
+
+def test_fewer_colours_than_k_make_the_palette_exactly(tmp_path):
+    """Regression: images with fewer distinct colours than --k (default 512) were refused ("lower --k");
+    now the palette is those colours, and every pixel keeps its own colour."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    colours = rng.integers(0, 256, (7, 3)).astype(np.uint8)
+    pngs = tmp_path / 'pngs'
+    pngs.mkdir()
+    for i in range(8):
+        Image.fromarray(colours[rng.integers(0, 7, (8, 8))]).save(pngs / f'{i}.png')
+    data = tmp_path / 'data'
+    p = run('data/images/prepare.py', f'--input={pngs}', '--size=8', f'--out_dir={data}')
+    assert ("note: the training images have 7 distinct colours, fewer than k=512: the palette is exactly "
+            "those colours") in p.stdout
+    assert '7 training and 1 val images of 8x8, 7 colours (mean error 0.0 of 255' in p.stdout
+    meta = json.loads((data / 'meta.json').read_text())
+    assert sorted(map(tuple, meta['image']['palette'])) == sorted(map(tuple, colours.tolist()))
+    assert meta['vocab_size'] == 8 and vocabulary.vocab_size_of(vocabulary.read_vocab(data)) == 8
+    tokens = np.fromfile(data / 'train.bin', dtype=np.uint16).reshape(7, 65)
+    assert (tokens[:, 0] == 7).all() and tokens[:, 1:].max() < 7  # the start token follows the palette
+    imgs = images.load_images(str(pngs), 8)
+    palette = torch.tensor(meta['image']['palette'])
+    assert np.array_equal(images.dequantise(images.quantise(imgs, palette), meta['image']['palette'], 8), imgs)

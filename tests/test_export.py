@@ -155,3 +155,24 @@ def test_bpe_training_needs_no_tokenizer_files(tmp_path, script, monkeypatch):
     monkeypatch.setattr(tiktoken.load, 'read_file', lambda path: (_ for _ in ()).throw(ConnectionError('offline')))
     script('train.py', *TINY, f'--dataset={data}', f'--out_dir={tmp_path / "out"}', '--max_iters=2')
     assert (tmp_path / 'out' / 'ckpt.pt').exists()
+
+
+def test_char_export_tokenizer_marks_unknown_characters(tiny_data, tmp_path, script):
+    """Regression: the character tokenizer had no unknown token, so AutoTokenizer raised 'WordLevel error:
+    Missing [UNK] token' on any text with a character outside the vocabulary. Now such a character is the
+    unknown token U+FFFD, whose id (the vocabulary size) the model has no row for: the model refuses it."""
+    out, hf_dir = tmp_path / 'out', tmp_path / 'hf'
+    script('train.py', *TINY, f'--dataset={tiny_data}', f'--out_dir={out}', '--max_iters=1')
+    script('export.py', f'--out_dir={out}', f'--hf_dir={hf_dir}')
+    chars = json.loads((hf_dir / 'meta.json').read_text())['chars']
+    n = len(chars)
+    tok = transformers.AutoTokenizer.from_pretrained(hf_dir)
+    text = 'All: é😀 [UNK] \ufffd!'  # '[UNK]' is five characters, one of them known
+    ids = tok(text)['input_ids']
+    assert ids == [chars.index(c) if c in chars else n for c in text]
+    assert (tok.unk_token, tok.unk_token_id, len(tok)) == ('\ufffd', n, n + 1)
+    assert tok.decode(ids) == ''.join(c if c in chars else '\ufffd' for c in text)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir).eval()
+    assert hf.config.vocab_size == n  # the logits stay the characters'
+    with pytest.raises(IndexError):
+        hf(torch.tensor([ids]))

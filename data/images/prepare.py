@@ -1,14 +1,15 @@
 """Images as token sequences (minGPT's play_image, after Image GPT): each image is resized to size x size,
 each pixel replaced by the nearest of k colours (a palette found by k-means over the pixels' RGB values),
-and the pixels read in raster order, row by row.
+and the pixels read in raster order, row by row. Training images of fewer than k distinct colours get those
+colours as their palette, exactly (a note says so), and the vocabulary shrinks to match.
 
     python data/images/prepare.py                                # CIFAR-10 through datasets, 16x16, k=512
     python data/images/prepare.py --input=photos/ --size=16 --k=64 --out_dir=data/my_images
     python data/images/prepare.py --input=images.npy             # an (N, H, W, 3) uint8 array
 
-Each image is one example of size*size + 1 tokens: a start token (k), then its pixels' palette indices;
-every pixel is a target (loss_from 0), so sampling from the start token draws whole images. meta.json holds
-the palette. CIFAR-10's test split becomes val.bin; a folder or an array holds out --val_fraction of its
+Each image is one example of size*size + 1 tokens: a start token (the palette's size: k, unless the images
+have fewer colours), then its pixels' palette indices; every pixel is a target (loss_from 0), so sampling
+from the start token draws whole images. meta.json holds the palette. CIFAR-10's test split becomes val.bin; a folder or an array holds out --val_fraction of its
 images (the last ones, in file-name order). Running it again gives byte-identical files.
 """
 import os
@@ -68,15 +69,21 @@ def cifar10(size):
     return [resize(np.stack([np.asarray(im.convert('RGB')) for im in splits[s]['img']]), size) for s in ('train', 'test')]
 
 
+def distinct_colours(pixels):
+    """The distinct colours of pixels (N, 3) uint8 -> (M, 3) float32, in the order of their 0xRRGGBB codes."""
+    p = pixels.astype(np.int32)
+    codes = np.unique(p[:, 0] << 16 | p[:, 1] << 8 | p[:, 2])
+    return np.stack([codes >> 16, codes >> 8 & 255, codes & 255], 1).astype(np.float32)
+
+
 def kmeans(pixels, k, iters=20, seed=1337):
     """k colours that the pixels (N, 3) float32 lie close to: Lloyd's k-means in torch, started by k-means++
     (each next centre drawn with probability proportional to its squared distance from the centres so far);
-    an emptied cluster restarts at the pixels farthest from their centres."""
+    an emptied cluster restarts at the pixels farthest from their centres. The pixels hold k colours or more."""
     g = torch.Generator().manual_seed(seed)
     x = torch.from_numpy(pixels)
     distinct = len(torch.unique(x, dim=0))
-    if distinct < k:
-        fail(f"the images have {distinct} distinct colours, fewer than k={k}; lower --k")
+    assert distinct >= k, f"{distinct} distinct colours, fewer than k={k}: prepare() keeps them as they are"
     centres = [x[torch.randint(len(x), (1,), generator=g)][0]]
     d2 = ((x - centres[0]) ** 2).sum(1)
     for _ in range(k - 1):
@@ -124,18 +131,29 @@ def grid(rows, scale=4, pad=2):
 
 
 def prepare(train, val, k, out_dir, seed=1337, fit_pixels=200_000):
-    """Palette by k-means over (a sample of) the training pixels; write train.bin, val.bin, meta.json."""
+    """Palette by k-means over (a sample of) the training pixels, or their colours themselves when they have
+    fewer than k; write train.bin, val.bin, meta.json. Returns the palette (the start token is its length)."""
     size = train.shape[1]
-    pixels = train.reshape(-1, 3).astype(np.float32)
-    sample = np.random.default_rng(seed).permutation(len(pixels))[:fit_pixels]
-    palette = kmeans(pixels[sample], k, seed=seed)
+    pixels = train.reshape(-1, 3)
+    colours = distinct_colours(pixels)
+    if len(colours) < k:  # every training pixel keeps its colour; a val pixel of another gets the nearest
+        print(f"note: the training images have {len(colours)} distinct colours, fewer than k={k}: the palette "
+              f"is exactly those colours")
+        palette = torch.from_numpy(colours)
+    else:
+        fit = pixels[np.random.default_rng(seed).permutation(len(pixels))[:fit_pixels]]
+        if len(distinct_colours(fit)) < k:  # the sample missed rare colours, and k-means needs k of them
+            fit = pixels
+        palette = kmeans(fit.astype(np.float32), k, seed=seed)
     palette = palette[torch.argsort(palette.sum(1))]  # dark to light: a readable meta.json, the same every run
+    start = len(palette)  # the token after the colours
     make_dir(out_dir)
     for split, images in (('train', train), ('val', val)):
         ids = quantise(images, palette)
-        tokens = torch.cat([torch.full((len(ids), 1), k), ids], 1).numpy().astype(np.uint16)  # the start token first
-        write_atomic(os.path.join(out_dir, f'{split}.bin'), tokens.tobytes())
-    write_meta(out_dir, {'vocab_size': k + 1, 'image': {'size': size, 'palette': palette.round(decimals=2).tolist()},
+        tokens = torch.cat([torch.full((len(ids), 1), start), ids], 1)  # the start token first
+        write_atomic(os.path.join(out_dir, f'{split}.bin'), tokens.numpy().astype(np.uint16).tobytes())
+    write_meta(out_dir, {'vocab_size': start + 1,
+                         'image': {'size': size, 'palette': palette.round(decimals=2).tolist()},
                          'example_len': size * size + 1, 'loss_from': 0})
     return palette
 
@@ -163,5 +181,5 @@ if __name__ == '__main__':
         train = train[:cfg['max_images']]
     palette = prepare(train, val, cfg['k'], cfg['out_dir'], cfg['seed'])
     error = np.abs(dequantise(quantise(val, palette), palette.tolist(), cfg['size']).astype(int) - val).mean()
-    print(f"{len(train):,} training and {len(val):,} val images of {cfg['size']}x{cfg['size']}, {cfg['k']} colours "
+    print(f"{len(train):,} training and {len(val):,} val images of {cfg['size']}x{cfg['size']}, {len(palette)} colours "
           f"(mean error {error:.1f} of 255 per channel), {cfg['size'] ** 2 + 1} tokens each, in {cfg['out_dir']}")
