@@ -73,6 +73,9 @@ if consolidate:
     print(f"wrote {path} ({os.path.getsize(path) / 2**20:.1f} MiB) from {sharded} (iter {ckpt['iter_num']})")
 model = checkpoint.build_model(ckpt, ckpt_path, dropout=0.0).eval()
 vocab = vocabulary.check_vocab(model.config.vocab_size, *loading.checkpoint_vocab(ckpt, ckpt_path, vocab_path))
+if hf_dir and 'image' in vocab:
+    fail("an image model has no text tokenizer for transformers; export it with --weights=FILE.pt "
+         "(sample.py --png draws its images)")
 
 if weights:
     make_dir(weights, 'weights', file=True)

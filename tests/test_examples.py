@@ -155,6 +155,11 @@ def test_image_pipeline_prepares_trains_and_draws_a_png(tmp_path, script):
     assert val['tokens'] == 6 * 144 and val['bpb'] is None and 'bpb' not in p.out.splitlines()[0]
     assert_one_line_error(script('sample.py', f'--out_dir={out}', check=False), "an image model draws images, not "
                           "text: give --png=PATH")
+    # regression: export.py --hf_dir took an image model for a GPT-2 BPE one and ended in a traceback
+    hf = tmp_path / 'hf'
+    assert_one_line_error(script('export.py', f'--out_dir={out}', f'--hf_dir={hf}', check=False),
+                          "an image model has no text tokenizer for transformers")
+    assert not hf.exists()
 
 
 def test_image_inputs_mistakes_are_one_line(tmp_path):
