@@ -1,6 +1,9 @@
-"""Shared helpers: tiny datasets, one tiny training run shared by the whole session, and two ways to run
-the scripts: in this process (no 2 s of start-up; exit code, stdout and stderr come back) or as a
-subprocess (for what only a real process shows: signals, pipes, torchrun)."""
+"""Shared helpers: tiny datasets, tiny training runs shared by the whole session, and three ways to run
+the scripts: in this process (no 2 s of start-up; exit code, stdout and stderr come back), as a
+subprocess (for what only a real process shows: signals, pipes) or under torchrun.
+
+Two tiers: `python -m pytest -q -m "not slow" tests` leaves out the tests marked slow (torchrun, long
+subprocess runs), for the edit-test loop; `python -m pytest -q tests` runs them all."""
 import json
 import os
 import pickle
@@ -36,6 +39,11 @@ def _gpt2_bpe_loads():
         return True
     except Exception:
         return False
+
+
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'slow: several seconds or more (torchrun, long subprocess runs); '
+                                       'leave these out with -m "not slow"')
 
 
 needs_gpt2_bpe = pytest.mark.skipif(not _gpt2_bpe_loads(), reason="GPT-2 BPE files not found: point "
@@ -101,29 +109,46 @@ def run(script, *args, cwd=None, env=None, check=True, timeout=300):
     return p
 
 
+def torchrun(script, *args, nproc=2, popen=False, env=None, timeout=300):
+    """script (a path under REPO, or an absolute one) with args under `torchrun --standalone
+    --nproc_per_node=nproc`, one thread per process: the CompletedProcess, or with popen the running Popen
+    (text, stdout and stderr piped)."""
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc}',
+           str(REPO / script), *map(str, args)]
+    full_env = {**os.environ, 'PYTHONUNBUFFERED': '1', 'OMP_NUM_THREADS': '1', **(env or {})}
+    if popen:
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+def _run_here(name):
+    """Run REPO/name in this process as __main__, with sys.argv as it is -> the exit code. Signal handlers,
+    runtime's stop flag and torch's thread count are as before afterwards."""
+    import torch
+
+    import runtime
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models gain nothing from threads, which stall on a busy machine
+    try:
+        runpy.run_path(str(REPO / name), run_name='__main__')
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 1
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+        runtime.stop_signal = None
+        torch.set_num_threads(threads)
+    return 0
+
+
 @pytest.fixture
 def script(monkeypatch, capsys):
     """script(name, *args, check=True) runs REPO/name in this process as `python name args` would, and
     returns SimpleNamespace(code, out, err). Anything but an exit (a traceback) fails the test."""
-    import torch
-
-    import runtime
-
     def go(name, *args, check=True):
         monkeypatch.setattr(sys, 'argv', [name, *map(str, args)])
-        handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # tiny models gain nothing from threads, which stall on a busy machine
-        code = 0
-        try:
-            runpy.run_path(str(REPO / name), run_name='__main__')
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
-        finally:
-            for s, h in handlers.items():
-                signal.signal(s, h)
-            runtime.stop_signal = None
-            torch.set_num_threads(threads)
+        code = _run_here(name)
         out, err = capsys.readouterr()
         if check:
             assert code == 0, f"{name} exited {code}\n{out[-2000:]}\n{err[-3000:]}"

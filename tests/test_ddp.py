@@ -3,24 +3,16 @@ Run: python -m pytest -q tests/test_ddp.py"""
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
+import pytest
 import torch
 
-from conftest import REPO, TINY, chars_of, write_char_dataset
+from conftest import TINY, chars_of, torchrun, write_char_dataset
 from model import GPT, GPTConfig
 
-
-def torchrun(*args, nproc=2, popen=False):
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc}',
-           str(REPO / 'train.py'), *TINY, *map(str, args)]
-    env = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1')
-    if popen:
-        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+pytestmark = pytest.mark.slow  # every test here starts torchrun
 
 
 def load(path):
@@ -28,8 +20,8 @@ def load(path):
 
 
 def test_two_processes_train_log_once_and_stay_identical(char_dataset, tmp_path, script):
-    p = torchrun(f'--dataset={char_dataset}', f'--out_dir={tmp_path / "ddp"}', '--gradient_accumulation_steps=2',
-                 '--peak_flops=1e10', '--eval_tasks=val', '--tensorboard_log=True')
+    p = torchrun('train.py', *TINY, f'--dataset={char_dataset}', f'--out_dir={tmp_path / "ddp"}',
+                 '--gradient_accumulation_steps=2', '--peak_flops=1e10', '--eval_tasks=val', '--tensorboard_log=True')
     assert p.returncode == 0, p.stderr[-3000:]
     # regression: MFU counted the whole job's tokens against one device's peak (2x too high here)
     line = next(line for line in p.stdout.splitlines() if line.startswith('iter 6:'))  # the first MFU figure
@@ -54,8 +46,8 @@ def test_two_processes_train_log_once_and_stay_identical(char_dataset, tmp_path,
                '--max_iters=12')
     assert 'note: random state not restored: saved by 2 process(es), this run has 1' in p.out
     assert load(tmp_path / 'ddp' / 'ckpt.pt')['iter_num'] == 12
-    p = torchrun(f'--dataset={char_dataset}', f'--out_dir={tmp_path / "ddp"}', '--init_from=resume',
-                 '--max_iters=14', '--gradient_accumulation_steps=2')
+    p = torchrun('train.py', *TINY, f'--dataset={char_dataset}', f'--out_dir={tmp_path / "ddp"}',
+                 '--init_from=resume', '--max_iters=14', '--gradient_accumulation_steps=2')
     assert p.returncode == 0, p.stderr[-3000:]
     assert p.stdout.count('note: random state not restored: saved by 1 process(es), this run has 2') == 1
     assert load(tmp_path / 'ddp' / 'ckpt.pt')['iter_num'] == 14
@@ -72,7 +64,7 @@ def test_two_ranks_equal_one_rank_accumulating(tmp_path, script):
     np.fromfile(data / 'train.bin', dtype=np.uint16)[:33].tofile(data / 'train.bin')  # block_size + 1
     np.concatenate([ids] * 10)[:33].tofile(data / 'val.bin')
     common = [f'--dataset={data}', '--max_iters=1', '--gradient_accumulation_steps=2']
-    p = torchrun(*common, f'--out_dir={tmp_path / "ddp"}')
+    p = torchrun('train.py', *TINY, *common, f'--out_dir={tmp_path / "ddp"}')
     assert p.returncode == 0, p.stderr[-3000:]
     script('train.py', *TINY, *common, f'--out_dir={tmp_path / "single"}')
     a, b = load(tmp_path / 'ddp' / 'ckpt.pt')['model'], load(tmp_path / 'single' / 'ckpt.pt')['model']
@@ -80,7 +72,8 @@ def test_two_ranks_equal_one_rank_accumulating(tmp_path, script):
 
 
 def test_accumulation_not_divisible_by_world_size(char_dataset, tmp_path):
-    p = torchrun(f'--dataset={char_dataset}', f'--out_dir={tmp_path / "out"}', '--gradient_accumulation_steps=3')
+    p = torchrun('train.py', *TINY, f'--dataset={char_dataset}', f'--out_dir={tmp_path / "out"}',
+                 '--gradient_accumulation_steps=3')
     assert p.returncode != 0
     msg = 'error: gradient_accumulation_steps=3 is not divisible by the 2 processes'
     # every rank checks it before any collective, so none hangs; regression: every rank printed it
@@ -90,8 +83,8 @@ def test_accumulation_not_divisible_by_world_size(char_dataset, tmp_path):
 
 def test_an_unknown_backend_is_one_line(char_dataset, tmp_path):
     """Regression: --backend=nosuch ended in an AssertionError traceback from every process."""
-    p = torchrun(f'--dataset={char_dataset}', f'--out_dir={tmp_path / "out"}', '--gradient_accumulation_steps=2',
-                 '--backend=nosuch')
+    p = torchrun('train.py', *TINY, f'--dataset={char_dataset}', f'--out_dir={tmp_path / "out"}',
+                 '--gradient_accumulation_steps=2', '--backend=nosuch')
     assert p.returncode != 0 and 'AssertionError' not in p.stderr
     assert p.stderr.count("error: backend='nosuch': use 'nccl', 'gloo', 'mpi' or ''") == 1, p.stderr[-3000:]
 
@@ -99,8 +92,8 @@ def test_an_unknown_backend_is_one_line(char_dataset, tmp_path):
 def test_a_numbered_cuda_device_is_refused(char_dataset, tmp_path):
     """Regression: only a bare --device=cuda was mapped to cuda:LOCAL_RANK, so --device=cuda:0 put every
     process on the same GPU (NCCL: 'Duplicate GPU detected')."""
-    p = torchrun(f'--dataset={char_dataset}', f'--out_dir={tmp_path / "out"}', '--gradient_accumulation_steps=2',
-                 '--device=cuda:0')
+    p = torchrun('train.py', *TINY, f'--dataset={char_dataset}', f'--out_dir={tmp_path / "out"}',
+                 '--gradient_accumulation_steps=2', '--device=cuda:0')
     assert p.returncode != 0
     msg = ('--device=cuda:0: under torchrun each process takes GPU LOCAL_RANK; use --device=cuda and choose '
            'the GPUs with CUDA_VISIBLE_DEVICES')
@@ -111,9 +104,9 @@ def test_ctrl_c_during_evaluation_stops_every_process_cleanly(trained, trained_c
     """Regression: rank 0 evaluated alone while the others waited for it in the next step's gradient
     all-reduce; a Ctrl-C mid-evaluation then killed rank 1 with gloo's 'Connection closed by peer' and no
     checkpoint was written. Every process evaluates its share and checks for a stop between batches."""
-    proc = torchrun(f'--dataset={trained.data}', f'--out_dir={trained_copy}', '--init_from=resume',
-                    '--max_iters=1000', '--eval_interval=61', '--eval_iters=100000', '--gradient_accumulation_steps=2',
-                    popen=True)
+    proc = torchrun('train.py', *TINY, f'--dataset={trained.data}', f'--out_dir={trained_copy}',
+                    '--init_from=resume', '--max_iters=1000', '--eval_interval=61', '--eval_iters=100000',
+                    '--gradient_accumulation_steps=2', popen=True)
     for line in proc.stdout:
         if line.startswith('iter 61:'):
             break

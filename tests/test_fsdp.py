@@ -4,16 +4,13 @@ import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
 
 import pytest
 import torch
 
 import checkpoint
 import sharding
-from conftest import REPO, TINY, assert_one_line_error, chars_of
-from test_ddp import torchrun
+from conftest import REPO, TINY, assert_one_line_error, chars_of, torchrun
 
 FSDP = ['--fsdp=True', '--gradient_accumulation_steps=4', '--eval_iters=3']  # 2 micro-steps per process
 LONG = ['--max_iters=30', '--lr_decay_iters=30']  # long enough for a Ctrl-C to land before the end
@@ -47,12 +44,13 @@ def runs(tmp_path_factory):
     data = write_char_dataset(tmp / 'data')
     out = {}
     for name, extra in [('ddp', ['--gradient_accumulation_steps=4', '--eval_iters=3']), ('fsdp', FSDP)]:
-        p = torchrun(f'--dataset={data}', f'--out_dir={tmp / name}', *LONG, *extra)
+        p = torchrun('train.py', *TINY, f'--dataset={data}', f'--out_dir={tmp / name}', *LONG, *extra)
         assert p.returncode == 0, p.stderr[-3000:]
         out[name] = p.stdout
     return tmp, data, out
 
 
+@pytest.mark.slow
 def test_fsdp_equals_ddp(runs):
     tmp, _, out = runs
     assert 'saved sharded checkpoint to' in out['fsdp'] and 'parameters identical' not in out['fsdp']
@@ -131,11 +129,10 @@ dist.destroy_process_group()
 '''
 
 
+@pytest.mark.slow
 def test_one_process_ddp_and_fsdp_agree_on_the_same_global_batch(tmp_path):
     (tmp_path / 'same.py').write_text(SAME_BATCH)
-    env = dict(os.environ, REPO=str(REPO), RESULT=str(tmp_path / 'r.pt'), OMP_NUM_THREADS='1')
-    p = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
-                        str(tmp_path / 'same.py')], capture_output=True, text=True, env=env, timeout=300)
+    p = torchrun(tmp_path / 'same.py', env={'REPO': str(REPO), 'RESULT': str(tmp_path / 'r.pt')})
     if not (tmp_path / 'r.pt').exists():
         assert p.returncode == 0, p.stderr[-3000:]
     r = torch.load(tmp_path / 'r.pt', weights_only=True)
@@ -156,6 +153,7 @@ def test_one_process_ddp_and_fsdp_agree_on_the_same_global_batch(tmp_path):
     assert (torch.tensor(r['one+ac+compile'][0]) - one).abs().max() < 1e-6
 
 
+@pytest.mark.slow
 def test_cross_format_resume_and_sample(runs, tmp_path, script):
     tmp, data, _ = runs
     shutil.copytree(tmp / 'fsdp', tmp_path / 'run')
@@ -178,10 +176,12 @@ def test_cross_format_resume_and_sample(runs, tmp_path, script):
     gone = ckpt['optimizer']['param_groups'][1]['params'].pop()
     del ckpt['optimizer']['state'][gone]
     checkpoint.save(str(bad / 'ckpt.pt'), {k: v for k, v in ckpt.items() if k != 'checksum'})
-    q = torchrun(f'--dataset={data}', f'--out_dir={bad}', '--init_from=resume', '--max_iters=33', *FSDP)
+    q = torchrun('train.py', *TINY, f'--dataset={data}', f'--out_dir={bad}', '--init_from=resume', '--max_iters=33',
+                 *FSDP)
     assert q.returncode != 0 and 'the optimizer state does not fit the model (ValueError: it holds the state of ' \
         '14 tensors, this model has 15)' in q.stderr, q.stderr[-3000:]
-    q = torchrun(f'--dataset={data}', f'--out_dir={run}', '--init_from=resume', '--max_iters=33', *FSDP)
+    q = torchrun('train.py', *TINY, f'--dataset={data}', f'--out_dir={run}', '--init_from=resume', '--max_iters=33',
+                 *FSDP)
     assert q.returncode == 0, q.stderr[-3000:]
     assert f'resuming from {run / "ckpt.pt"} at iter 32' in q.stdout and sorted(os.listdir(run)) == ['ckpt.dcp']
     assert checkpoint.load(str(run / 'ckpt.dcp'))[0]['iter_num'] == 33
@@ -210,9 +210,8 @@ def sharded_then_gathered(path, nproc, tmp_path):
     """A checkpoint loaded as train.py's FSDP resume loads it, at nproc processes, then gathered whole ->
     (its state, the checkpoint's own), both flat as state() gives them."""
     (tmp_path / 'reshard.py').write_text(RESHARD)
-    env = dict(os.environ, REPO=str(REPO), CKPT=str(path), RESULT=str(tmp_path / 'r.pt'), OMP_NUM_THREADS='1')
-    p = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc}',
-                        str(tmp_path / 'reshard.py')], capture_output=True, text=True, env=env, timeout=300)
+    p = torchrun(tmp_path / 'reshard.py', nproc=nproc,
+                 env={'REPO': str(REPO), 'CKPT': str(path), 'RESULT': str(tmp_path / 'r.pt')})
     assert (tmp_path / 'r.pt').exists(), p.stderr[-3000:]
     got = torch.load(tmp_path / 'r.pt', weights_only=True)
     os.remove(tmp_path / 'r.pt')
@@ -222,6 +221,7 @@ def sharded_then_gathered(path, nproc, tmp_path):
     return flat, state(path)[0]
 
 
+@pytest.mark.slow
 def test_resume_at_another_world_size(runs, tmp_path):
     tmp, data, _ = runs
     # four processes take up two's shards: every weight and AdamW moment is where it was
@@ -229,6 +229,7 @@ def test_resume_at_another_world_size(runs, tmp_path):
     # train.py's resume takes this same path (the random state then starts afresh, as under DDP: test_ddp.py)
 
 
+@pytest.mark.slow
 def test_consolidate_writes_the_same_state_as_ckpt_pt(runs, tmp_path, script):
     tmp, _, _ = runs
     shutil.copytree(tmp / 'fsdp', tmp_path / 'run')
@@ -243,6 +244,7 @@ def test_consolidate_writes_the_same_state_as_ckpt_pt(runs, tmp_path, script):
     assert_one_line_error(p, 'no sharded checkpoint')
 
 
+@pytest.mark.slow
 def test_crash_mid_save_leaves_the_previous_checkpoint(runs, tmp_path, script):
     tmp, data, _ = runs
     run = tmp_path / 'run'
@@ -254,20 +256,23 @@ def test_crash_mid_save_leaves_the_previous_checkpoint(runs, tmp_path, script):
     assert p.code == 0, p.err
     # a crash between the two renames: only the previous folder, set aside as .old
     os.rename(run / 'ckpt.dcp', run / 'ckpt.dcp.old')
-    p = torchrun(f'--dataset={data}', f'--out_dir={run}', '--init_from=resume', '--max_iters=31', *FSDP)
+    p = torchrun('train.py', *TINY, f'--dataset={data}', f'--out_dir={run}', '--init_from=resume', '--max_iters=31',
+                 *FSDP)
     assert p.returncode == 0, p.stderr[-3000:]
     assert f'resuming from {run / "ckpt.dcp.old"} at iter 30' in p.stdout
     assert sorted(os.listdir(run)) == ['ckpt.dcp'] and checkpoint.load(str(run / 'ckpt.dcp'))[0]['iter_num'] == 31
     # a save that fails on rank 0 alone (here: renaming the old folder aside): every process stops in one
     # line, the unfinished folder is gone and the previous checkpoint is as it was
     (run / 'ckpt.dcp.old').write_text('in the way')
-    p = torchrun(f'--dataset={data}', f'--out_dir={run}', '--init_from=resume', '--max_iters=32', *FSDP)
+    p = torchrun('train.py', *TINY, f'--dataset={data}', f'--out_dir={run}', '--init_from=resume', '--max_iters=32',
+                 *FSDP)
     assert p.returncode != 0 and 'error: cannot write' in p.stderr and 'the previous checkpoint is unchanged' \
         in p.stderr and 'Connection closed' not in p.stderr, p.stderr[-3000:]
     assert sorted(os.listdir(run)) == ['ckpt.dcp', 'ckpt.dcp.old']
     assert checkpoint.load(str(run / 'ckpt.dcp'))[0]['iter_num'] == 31
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings('ignore:torch.distributed is disabled')
 def test_broken_sharded_checkpoints_fail_in_one_line(runs, tmp_path, script):
     tmp, data, _ = runs
@@ -315,11 +320,12 @@ def test_fsdp_setting_errors(tiny_data, tmp_path, script, monkeypatch):
     assert not (tmp_path / 'o').exists()  # a world size that does not divide: test_ddp.py, the same check
 
 
+@pytest.mark.slow
 def test_interrupted_by_sigint_then_resumed_is_the_same_run(runs, tmp_path):
     """Ctrl-C mid-run, then --init_from=resume: the checkpoint holds every process's shards and random
     state, so the two runs together are the uninterrupted one to the bit."""
     tmp, data, _ = runs
-    proc = torchrun(f'--dataset={data}', f'--out_dir={tmp_path / "run"}', *LONG, *FSDP, popen=True)
+    proc = torchrun('train.py', *TINY, f'--dataset={data}', f'--out_dir={tmp_path / "run"}', *LONG, *FSDP, popen=True)
     for line in proc.stdout:
         if line.startswith('iter 3:'):
             break
@@ -327,8 +333,9 @@ def test_interrupted_by_sigint_then_resumed_is_the_same_run(runs, tmp_path):
     out, err = proc.communicate(timeout=120)
     stopped = int(re.search(r'stopped by SIGINT at iter (\d+)', err)[1])
     assert 3 <= stopped < 30 and 'saved sharded checkpoint' in out, err[-3000:]
-    p = torchrun(f'--dataset={data}', f'--out_dir={tmp_path / "run"}', *LONG, *FSDP, '--init_from=resume',
-                 '--activation_checkpointing=True')  # recomputing the activations changes no bit either
+    # recomputing the activations changes no bit either
+    p = torchrun('train.py', *TINY, f'--dataset={data}', f'--out_dir={tmp_path / "run"}', *LONG, *FSDP,
+                 '--init_from=resume', '--activation_checkpointing=True')
     assert p.returncode == 0, p.stderr[-3000:]
     assert f'at iter {stopped}' in p.stdout and 'random state restored for all 2 process(es)' in p.stdout
     assert_same(state(tmp_path / 'run' / 'ckpt.dcp')[0], state(tmp / 'fsdp' / 'ckpt.dcp')[0])  # bit for bit
@@ -351,6 +358,7 @@ runpy.run_path(sys.argv[0], run_name='__main__')
 '''
 
 
+@pytest.mark.slow
 def test_finetune_gpt2_weights_read_by_rank_0_alone(runs, tmp_path):
     transformers = pytest.importorskip('transformers')
     tmp, data, _ = runs
@@ -361,11 +369,8 @@ def test_finetune_gpt2_weights_read_by_rank_0_alone(runs, tmp_path):
     args = [f'--dataset={data}', f'--init_from={tmp_path / "hf"}', '--block_size=32', '--max_iters=1',
             '--eval_interval=1', '--learning_rate=0', '--gradient_accumulation_steps=4', '--eval_iters=3']
     (tmp_path / 'spy.py').write_text(SPY)
-    env = dict(os.environ, REPO=str(REPO), READERS=str(tmp_path / 'readers'), OMP_NUM_THREADS='1',
-               PYTHONUNBUFFERED='1')
-    spied = lambda *more: subprocess.run(
-        [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', str(tmp_path / 'spy.py'),
-         *TINY, *args, *more], capture_output=True, text=True, env=env, timeout=300)
+    spied = lambda *more: torchrun(tmp_path / 'spy.py', *TINY, *args, *more,
+                                   env={'REPO': str(REPO), 'READERS': str(tmp_path / 'readers')})
     fsdp = spied(f'--out_dir={tmp_path / "fsdp"}', '--fsdp=True', '--sample_tokens=12')
     assert fsdp.returncode == 0, fsdp.stderr[-3000:]
     # rank 0 alone read the weights; rank 1 built the model on the meta device and took its shards from
@@ -418,12 +423,12 @@ def test_activation_checkpointing_without_fsdp_trains_the_same(tiny_data, tmp_pa
     assert_same(state(tmp_path / 'b' / 'ckpt.pt')[0], state(tmp_path / 'a' / 'ckpt.pt')[0])
 
 
+@pytest.mark.slow
 def test_bench_state_per_process_halves():
     """bench.py under torchrun: each FSDP process holds half of the parameters, gradients and AdamW state."""
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', str(REPO / 'bench.py'),
-           '--device=cpu', '--compile=False', '--n_layer=2', '--n_head=2', '--n_embd=64', '--block_size=32',
-           '--batch_size=2', '--vocab_size=66', '--steps=2', '--warmup=1', '--fsdp=True', '--json=True']
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS='1'))
+    p = torchrun('bench.py', '--device=cpu', '--compile=False', '--n_layer=2', '--n_head=2', '--n_embd=64',
+                 '--block_size=32', '--batch_size=2', '--vocab_size=66', '--steps=2', '--warmup=1', '--fsdp=True',
+                 '--json=True')
     assert '"state_mb"' in p.stdout, p.stderr[-3000:]
     import json
     held = json.loads(p.stdout.strip().splitlines()[-1])['state_mb']
@@ -435,13 +440,14 @@ def test_bench_state_per_process_halves():
     assert held['optimizer'] == pytest.approx(whole, rel=1e-3)
 
 
+@pytest.mark.slow
 def test_bfloat16_mixed_precision_keeps_float32_state_and_loss(runs, tmp_path):
     """dtype=bfloat16: FSDP gathers bfloat16 weights and reduces float32 gradients; the shards, AdamW's
     moments and the loss stay float32 (regression: the loss was computed from bfloat16 logits in bfloat16,
     0.01 off at step 0)."""
     tmp, data, out = runs
-    p = torchrun(f'--dataset={data}', f'--out_dir={tmp_path / "bf16"}', *LONG, *FSDP, '--dtype=bfloat16',
-                 '--max_iters=1', '--eval_interval=1')
+    p = torchrun('train.py', *TINY, f'--dataset={data}', f'--out_dir={tmp_path / "bf16"}', *LONG, *FSDP,
+                 '--dtype=bfloat16', '--max_iters=1', '--eval_interval=1')
     assert p.returncode == 0, p.stderr[-3000:]
     assert 'dtype bfloat16' in p.stdout
     ckpt, _ = checkpoint.load(str(tmp_path / 'bf16' / 'ckpt.dcp'))
