@@ -4,6 +4,8 @@ subprocess (for what only a real process shows: signals, pipes) or under torchru
 
 Two tiers: `python -m pytest -q -m "not slow" tests` leaves out the tests marked slow (torchrun, long
 subprocess runs), for the edit-test loop; `python -m pytest -q tests` runs them all."""
+import contextlib
+import io
 import json
 import os
 import pickle
@@ -156,6 +158,20 @@ def script(monkeypatch, capsys):
     return go
 
 
+def in_process(name, *args):
+    """What the script fixture does, for session fixtures (which cannot use it): REPO/name with args in this
+    process -> SimpleNamespace(code, out, err); an exit code other than 0 fails."""
+    argv, sys.argv = sys.argv, [name, *map(str, args)]
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = _run_here(name)
+    finally:
+        sys.argv = argv
+    assert code == 0, f"{name} exited {code}\n{out.getvalue()[-2000:]}\n{err.getvalue()[-3000:]}"
+    return SimpleNamespace(code=code, out=out.getvalue(), err=err.getvalue())
+
+
 def assert_one_line_error(p, text):
     """A user's mistake: exit code 2 and a last stderr line 'error: ...' that holds text."""
     code, err = (p.code, p.err) if hasattr(p, 'err') else (p.returncode, p.stderr)
@@ -178,6 +194,32 @@ def trained(tiny_data, tmp_path_factory):
 def trained_copy(trained, tmp_path):
     """A copy of the shared run's out_dir, for a test to resume, damage or overwrite."""
     return Path(shutil.copytree(trained.out, tmp_path / 'out'))
+
+
+# the resumed-run comparison (test_train.py, test_metrics.py): 20 iterations in one go, and 10, then 10 more
+RESUMED = ['--dropout=0.1', '--gradient_accumulation_steps=2', '--lr_decay_iters=20', '--eval_interval=5',
+           '--tensorboard_log=True']
+
+
+@pytest.fixture(scope='session')
+def resumed(tiny_data, tmp_path_factory):
+    """One run, in this process: 20 iterations in one go (out_dir whole), and 10, then 10 more after
+    --init_from=resume (out_dir parts), then once more from parts' checkpoint at 10, as if the run had died
+    after it but had logged on to 20. SimpleNamespace(data, whole, parts: folders; whole_log, first, second,
+    again: the runs' SimpleNamespace(code, out, err); ckpt20: a copy of parts' ckpt.pt after its second run).
+    Tests must not change the folders."""
+    tmp = tmp_path_factory.mktemp('resumed')
+    r = SimpleNamespace(data=tiny_data, whole=tmp / 'whole', parts=tmp / 'parts', ckpt20=tmp / 'ckpt20.pt')
+    train = lambda out, *args: in_process('train.py', *TINY, *RESUMED, f'--dataset={tiny_data}', f'--out_dir={out}',
+                                          *args)
+    r.whole_log = train(r.whole, '--max_iters=20')
+    r.first = train(r.parts, '--max_iters=10')
+    shutil.copy(r.parts / 'ckpt.pt', tmp / 'ckpt10.pt')
+    r.second = train(r.parts, '--max_iters=20', '--init_from=resume')
+    shutil.copy(r.parts / 'ckpt.pt', r.ckpt20)
+    shutil.copy(tmp / 'ckpt10.pt', r.parts / 'ckpt.pt')
+    r.again = train(r.parts, '--max_iters=20', '--init_from=resume')
+    return r
 
 
 def overwrite_largest_tensor(path):

@@ -89,16 +89,16 @@ def test_lr_schedule():
     assert get_lr(0, 1.0, 0, 10, 0.1) == 1.0
 
 
-def test_resume_is_bitwise_identical(tiny_data, tmp_path, train):
-    """2N iterations in one go log the same losses as N, then N more after --init_from=resume."""
-    args = ['--dropout=0.1', '--gradient_accumulation_steps=2', '--lr_decay_iters=20', '--eval_interval=5']
-    whole = train(tiny_data, tmp_path / 'a', *args, '--max_iters=20')
-    first = train(tiny_data, tmp_path / 'b', *args, '--max_iters=10')
-    second = train(tiny_data, tmp_path / 'b', *args, '--max_iters=20', '--init_from=resume')
+def test_resume_is_bitwise_identical(resumed):
+    """2N iterations in one go log the same losses as N, then N more after --init_from=resume (the shared
+    runs of conftest.py: dropout, 2 micro-steps)."""
+    second = resumed.second
     assert 'changed: max_iters 10 -> 20' in second.out
     assert 'note: random state restored for all 1 process(es)' in second.out
-    assert losses(whole.out) == losses(first.out) + losses(second.out)
-    a, b = load(tmp_path / 'a' / 'ckpt.pt'), load(tmp_path / 'b' / 'ckpt.pt')
+    assert len(losses(resumed.whole_log.out)) == 20 + 5  # every iteration; evaluations at 0, 5, 10, 15, 20
+    assert losses(resumed.whole_log.out) == losses(resumed.first.out) + losses(second.out)
+    assert losses(resumed.again.out) == losses(second.out)  # a second resume from 10 repeats the first
+    a, b = load(resumed.whole / 'ckpt.pt'), load(resumed.ckpt20)
     assert all(torch.equal(a['model'][k], b['model'][k]) for k in a['model'])
 
 
