@@ -222,6 +222,22 @@ def resumed(tiny_data, tmp_path_factory):
     return r
 
 
+# the shared DDP run (test_ddp.py checks its log and resumes it; test_fsdp.py compares FSDP with it)
+DDP_RUN = ['--max_iters=30', '--lr_decay_iters=30', '--gradient_accumulation_steps=4', '--eval_iters=3']
+
+
+@pytest.fixture(scope='session')
+def ddp_run(tiny_data, tmp_path_factory):
+    """train.py under torchrun, 2 processes of 2 micro-steps, 30 iterations, with a peak for MFU, the val
+    task at each evaluation and TensorBoard: SimpleNamespace(data, out, stdout, stderr). Tests that change
+    its out_dir work on a copy."""
+    out = tmp_path_factory.mktemp('ddp') / 'out'
+    p = torchrun('train.py', *TINY, *DDP_RUN, f'--dataset={tiny_data}', f'--out_dir={out}', '--peak_flops=1e10',
+                 '--eval_tasks=val', '--tensorboard_log=True')
+    assert p.returncode == 0, p.stderr[-3000:]
+    return SimpleNamespace(data=tiny_data, out=out, stdout=p.stdout, stderr=p.stderr)
+
+
 def overwrite_largest_tensor(path):
     """Overwrite at random the bytes of the largest tensor in a torch.save file: a zip archive that stores
     each tensor uncompressed, in a record of its own."""

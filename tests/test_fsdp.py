@@ -4,6 +4,7 @@ import os
 import re
 import shutil
 import signal
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -37,33 +38,30 @@ def assert_same(a, b, tol=0.0):
 
 
 @pytest.fixture(scope='module')
-def runs(tmp_path_factory):
-    """DDP and FSDP, 2 processes each, 30 iterations on the same data; FSDP's checkpoint feeds the tests."""
-    from conftest import write_char_dataset
-    tmp = tmp_path_factory.mktemp('fsdp')
-    data = write_char_dataset(tmp / 'data')
-    out = {}
-    for name, extra in [('ddp', ['--gradient_accumulation_steps=4', '--eval_iters=3']), ('fsdp', FSDP)]:
-        p = torchrun('train.py', *TINY, f'--dataset={data}', f'--out_dir={tmp / name}', *LONG, *extra)
-        assert p.returncode == 0, p.stderr[-3000:]
-        out[name] = p.stdout
-    return tmp, data, out
+def runs(ddp_run, tmp_path_factory):
+    """FSDP, 2 processes, 30 iterations, beside the shared DDP run of conftest.py: the same data and
+    settings (DDP_RUN there is LONG and FSDP here, less --fsdp). SimpleNamespace(data, ddp, fsdp: the two
+    out_dirs, log: {'ddp': stdout, 'fsdp': stdout}); FSDP's checkpoint feeds the tests, which copy it."""
+    fsdp = tmp_path_factory.mktemp('fsdp') / 'out'
+    p = torchrun('train.py', *TINY, f'--dataset={ddp_run.data}', f'--out_dir={fsdp}', *LONG, *FSDP)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return SimpleNamespace(data=ddp_run.data, ddp=ddp_run.out, fsdp=fsdp, log={'ddp': ddp_run.stdout, 'fsdp': p.stdout})
 
 
 @pytest.mark.slow
 def test_fsdp_equals_ddp(runs):
-    tmp, _, out = runs
-    assert 'saved sharded checkpoint to' in out['fsdp'] and 'parameters identical' not in out['fsdp']
-    assert sorted(os.listdir(tmp / 'fsdp')) == ['ckpt.dcp']
-    assert sorted(os.listdir(tmp / 'fsdp' / 'ckpt.dcp')) == ['.metadata', '__0_0.distcp', '__1_0.distcp', 'meta.pt']
+    assert 'saved sharded checkpoint to' in runs.log['fsdp'] and 'parameters identical' not in runs.log['fsdp']
+    assert sorted(os.listdir(runs.fsdp)) == ['ckpt.dcp']
+    assert sorted(os.listdir(runs.fsdp / 'ckpt.dcp')) == ['.metadata', '__0_0.distcp', '__1_0.distcp', 'meta.pt']
     # the same batches and the same sums: reduce-scatter adds the 2 processes' gradients as all-reduce
     # does, so on this CPU FSDP's losses, weights and AdamW moments come out as DDP's to the bit (the
     # tolerances leave room for another CPU's reduction order)
-    def numbers(out):
-        return [float(v) for line in lines(out) for v in re.findall(r'\d+\.\d+(?:e-\d+)?', line)]
-    assert len(lines(out['ddp'])) == 37 and numbers(out['fsdp']) == pytest.approx(numbers(out['ddp']), abs=2e-4)
-    ddp, _ = state(tmp / 'ddp' / 'ckpt.pt')
-    fsdp, ckpt = state(tmp / 'fsdp' / 'ckpt.dcp')
+    def numbers(out):  # DDP's eval task (after ';') left out: FSDP runs none
+        return [float(v) for line in lines(out) for v in re.findall(r'\d+\.\d+(?:e-\d+)?', line.split(';')[0])]
+    ddp_log, fsdp_log = runs.log['ddp'], runs.log['fsdp']
+    assert len(lines(ddp_log)) == 37 and numbers(fsdp_log) == pytest.approx(numbers(ddp_log), abs=2e-4)
+    ddp, _ = state(runs.ddp / 'ckpt.pt')
+    fsdp, ckpt = state(runs.fsdp / 'ckpt.dcp')
     assert ckpt['iter_num'] == 30 and len(ckpt['rng']) == 2
     assert_same(fsdp, ddp, tol=1e-6)  # measured: 0.0
 
@@ -155,8 +153,8 @@ def test_one_process_ddp_and_fsdp_agree_on_the_same_global_batch(tmp_path):
 
 @pytest.mark.slow
 def test_cross_format_resume_and_sample(runs, tmp_path, script):
-    tmp, data, _ = runs
-    shutil.copytree(tmp / 'fsdp', tmp_path / 'run')
+    data = runs.data
+    shutil.copytree(runs.fsdp, tmp_path / 'run')
     run = tmp_path / 'run'
     # sample.py and eval.py read the sharded checkpoint, gathered into one process
     p = script('sample.py', f'--out_dir={run}', '--device=cpu', '--num_samples=1', '--max_new_tokens=20')
@@ -223,32 +221,30 @@ def sharded_then_gathered(path, nproc, tmp_path):
 
 @pytest.mark.slow
 def test_resume_at_another_world_size(runs, tmp_path):
-    tmp, data, _ = runs
     # four processes take up two's shards: every weight and AdamW moment is where it was
-    assert_same(*sharded_then_gathered(tmp / 'fsdp' / 'ckpt.dcp', 4, tmp_path))
+    assert_same(*sharded_then_gathered(runs.fsdp / 'ckpt.dcp', 4, tmp_path))
     # train.py's resume takes this same path (the random state then starts afresh, as under DDP: test_ddp.py)
 
 
 @pytest.mark.slow
 def test_consolidate_writes_the_same_state_as_ckpt_pt(runs, tmp_path, script):
-    tmp, _, _ = runs
-    shutil.copytree(tmp / 'fsdp', tmp_path / 'run')
+    shutil.copytree(runs.fsdp, tmp_path / 'run')
     p = script('export.py', f'--out_dir={tmp_path / "run"}', '--consolidate=True')
     assert p.code == 0 and 'wrote' in p.out and '(iter 30)' in p.out, p.err
     assert sorted(os.listdir(tmp_path / 'run')) == ['ckpt.dcp', 'ckpt.pt']
     a, ca = state(tmp_path / 'run' / 'ckpt.pt')
-    b, cb = state(tmp / 'ddp' / 'ckpt.pt')  # DDP's own file: the same keys and format
+    b, cb = state(runs.ddp / 'ckpt.pt')  # DDP's own file: the same keys and format
     assert_same(a, b, tol=1e-6)
     assert ca.keys() == cb.keys() and ca['optimizer']['param_groups'] == cb['optimizer']['param_groups']
-    p = script('export.py', f'--out_dir={tmp / "ddp"}', '--consolidate=True', check=False)
+    p = script('export.py', f'--out_dir={runs.ddp}', '--consolidate=True', check=False)
     assert_one_line_error(p, 'no sharded checkpoint')
 
 
 @pytest.mark.slow
 def test_crash_mid_save_leaves_the_previous_checkpoint(runs, tmp_path, script):
-    tmp, data, _ = runs
+    data = runs.data
     run = tmp_path / 'run'
-    shutil.copytree(tmp / 'fsdp', run)
+    shutil.copytree(runs.fsdp, run)
     # a crash while the shards were written: a partial .tmp folder beside the whole checkpoint
     (run / 'ckpt.dcp.tmp').mkdir()
     (run / 'ckpt.dcp.tmp' / '__0_0.distcp').write_bytes(b'partial')
@@ -275,19 +271,19 @@ def test_crash_mid_save_leaves_the_previous_checkpoint(runs, tmp_path, script):
 @pytest.mark.slow
 @pytest.mark.filterwarnings('ignore:torch.distributed is disabled')
 def test_broken_sharded_checkpoints_fail_in_one_line(runs, tmp_path, script):
-    tmp, data, _ = runs
+    data = runs.data
     for name, damage, text in [
             ('missing', lambda d: os.remove(d / '__1_0.distcp'), '__1_0.distcp missing or cut short'),
             ('short', lambda d: os.truncate(d / '__0_0.distcp', 100), '__0_0.distcp missing or cut short'),
             ('nometa', lambda d: os.remove(d / 'meta.pt'), 'incomplete sharded checkpoint: it has no meta.pt')]:
         run = tmp_path / name
-        shutil.copytree(tmp / 'fsdp', run)
+        shutil.copytree(runs.fsdp, run)
         damage(run / 'ckpt.dcp')
         p = script('sample.py', f'--out_dir={run}', '--device=cpu', check=False)
         assert_one_line_error(p, text)
     # shards of another model (wider) under this one's meta.pt, with sizes that match: only DCP can tell
     run = tmp_path / 'other'
-    shutil.copytree(tmp / 'fsdp', run)
+    shutil.copytree(runs.fsdp, run)
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
     from model import GPT, GPTConfig
@@ -303,7 +299,7 @@ def test_broken_sharded_checkpoints_fail_in_one_line(runs, tmp_path, script):
     p = script('sample.py', f'--out_dir={run}', '--device=cpu', check=False)
     assert_one_line_error(p, 'does not fit this model (ValueError: Size mismatch')
     # a shape setting that contradicts the checkpoint
-    p = script('train.py', *TINY, f'--dataset={data}', f'--out_dir={tmp / "fsdp"}', '--init_from=resume',
+    p = script('train.py', *TINY, f'--dataset={data}', f'--out_dir={runs.fsdp}', '--init_from=resume',
                '--n_layer=3', check=False)
     assert_one_line_error(p, 'does not match the requested model (n_layer: checkpoint 2, requested 3)')
 
@@ -324,7 +320,7 @@ def test_fsdp_setting_errors(tiny_data, tmp_path, script, monkeypatch):
 def test_interrupted_by_sigint_then_resumed_is_the_same_run(runs, tmp_path):
     """Ctrl-C mid-run, then --init_from=resume: the checkpoint holds every process's shards and random
     state, so the two runs together are the uninterrupted one to the bit."""
-    tmp, data, _ = runs
+    data = runs.data
     proc = torchrun('train.py', *TINY, f'--dataset={data}', f'--out_dir={tmp_path / "run"}', *LONG, *FSDP, popen=True)
     for line in proc.stdout:
         if line.startswith('iter 3:'):
@@ -338,7 +334,7 @@ def test_interrupted_by_sigint_then_resumed_is_the_same_run(runs, tmp_path):
                  '--init_from=resume', '--activation_checkpointing=True')
     assert p.returncode == 0, p.stderr[-3000:]
     assert f'at iter {stopped}' in p.stdout and 'random state restored for all 2 process(es)' in p.stdout
-    assert_same(state(tmp_path / 'run' / 'ckpt.dcp')[0], state(tmp / 'fsdp' / 'ckpt.dcp')[0])  # bit for bit
+    assert_same(state(tmp_path / 'run' / 'ckpt.dcp')[0], state(runs.fsdp / 'ckpt.dcp')[0])  # bit for bit
 
 
 SPY = r'''
@@ -361,7 +357,7 @@ runpy.run_path(sys.argv[0], run_name='__main__')
 @pytest.mark.slow
 def test_finetune_gpt2_weights_read_by_rank_0_alone(runs, tmp_path):
     transformers = pytest.importorskip('transformers')
-    tmp, data, _ = runs
+    data = runs.data
     cfg = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=len(chars_of(data)), n_positions=64)
     transformers.GPT2LMHeadModel(cfg).save_pretrained(tmp_path / 'hf')
     # one step at learning rate 0 (AdamW then moves no weight, its decay included): the checkpoint holds
@@ -445,7 +441,7 @@ def test_bfloat16_mixed_precision_keeps_float32_state_and_loss(runs, tmp_path):
     """dtype=bfloat16: FSDP gathers bfloat16 weights and reduces float32 gradients; the shards, AdamW's
     moments and the loss stay float32 (regression: the loss was computed from bfloat16 logits in bfloat16,
     0.01 off at step 0)."""
-    tmp, data, out = runs
+    data = runs.data
     p = torchrun('train.py', *TINY, f'--dataset={data}', f'--out_dir={tmp_path / "bf16"}', *LONG, *FSDP,
                  '--dtype=bfloat16', '--max_iters=1', '--eval_interval=1')
     assert p.returncode == 0, p.stderr[-3000:]
@@ -456,4 +452,4 @@ def test_bfloat16_mixed_precision_keeps_float32_state_and_loss(runs, tmp_path):
     # the same first weights and batches as the float32 run: its step 0 and iter 1 losses, to bfloat16's error
     figures = lambda out: [float(v) for v in re.findall(r'(?:train loss|val loss|^iter 1: loss) (\d+\.\d+)',
                                                          out, re.M)][:3]
-    assert figures(p.stdout) == pytest.approx(figures(out['fsdp']), abs=2e-3)
+    assert figures(p.stdout) == pytest.approx(figures(runs.log['fsdp']), abs=2e-3)
