@@ -433,14 +433,14 @@ def test_single_gpu_setup_gets_past_device_selection(tiny_data, tmp_path):
     assert 'set_device 1' in p.stderr and 'device cuda:1, dtype bfloat16' in p.stdout, p.stderr[-2000:]
 
 
-def test_wandb_offline_and_resume_continues_the_run(tiny_data, tmp_path):
+def test_wandb_offline_and_resume_continues_the_run(tiny_data, tmp_path, train, monkeypatch):
     pytest.importorskip('wandb')
-    run('train.py', *TINY, f'--dataset={tiny_data}', f'--out_dir={tmp_path / "out"}', '--wandb_log=True',
-        '--max_iters=5', cwd=tmp_path)
+    monkeypatch.chdir(tmp_path)  # wandb writes its runs to ./wandb
+    monkeypatch.setenv('WANDB_MODE', 'offline')
+    train(tiny_data, tmp_path / 'out', '--wandb_log=True', '--max_iters=5')
     run_id = load(tmp_path / 'out' / 'ckpt.pt')['wandb_run_id']
     assert run_id and list((tmp_path / 'wandb').glob(f'offline-run-*-{run_id}'))
-    run('train.py', *TINY, f'--dataset={tiny_data}', f'--out_dir={tmp_path / "out"}', '--wandb_log=True',
-        '--max_iters=8', '--init_from=resume', cwd=tmp_path)
+    train(tiny_data, tmp_path / 'out', '--wandb_log=True', '--max_iters=8', '--init_from=resume')
     assert load(tmp_path / 'out' / 'ckpt.pt')['wandb_run_id'] == run_id
 
 
