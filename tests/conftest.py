@@ -186,8 +186,8 @@ def trained(tiny_data, tmp_path_factory):
     """One tiny training run shared by the session: SimpleNamespace(data, out, stdout). Tests that change
     its out_dir work on a copy (trained_copy)."""
     out = tmp_path_factory.mktemp('trained') / 'out'
-    p = run('train.py', *TINY, *TRAINED, f'--dataset={tiny_data}', f'--out_dir={out}', env={'OMP_NUM_THREADS': '1'})
-    return SimpleNamespace(data=tiny_data, out=out, stdout=p.stdout)
+    p = in_process('train.py', *TINY, *TRAINED, f'--dataset={tiny_data}', f'--out_dir={out}')
+    return SimpleNamespace(data=tiny_data, out=out, stdout=p.out)
 
 
 @pytest.fixture
