@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from configurator import ConfigError, apply_overrides, configure
-from conftest import REPO, run
+from conftest import REPO
 
 
 def settings(**extra):
@@ -91,11 +91,11 @@ def test_configure_exits_2_with_one_line(capsys):
     assert err.startswith("error: batch_size='x'") and err.count('\n') == 1
 
 
-def test_every_shipped_config_applies_to_train_py():
+def test_every_shipped_config_applies_to_train_py(script):
     """Each config/*.py only sets keys train.py (or bench.py) knows, with the right types."""
-    p = run('train.py', '--help')
-    assert '--learning_rate=0.0006' in p.stdout and '--init_from=' in p.stdout
-    known = {line.split('=')[0].strip()[2:] for line in p.stdout.splitlines() if line.startswith('  --')}
+    p = script('train.py', '--help')
+    assert '--learning_rate=0.0006' in p.out and '--init_from=' in p.out
+    known = {line.split('=')[0].strip()[2:] for line in p.out.splitlines() if line.startswith('  --')}
     for cfg in sorted((REPO / 'config').glob('*.py')):
         if cfg.name.startswith('bench'):
             continue
@@ -140,10 +140,10 @@ def test_declared_checks(capsys):
     assert 'Overriding: batch_size = 3' in capsys.readouterr().out
 
 
-def test_help_shows_each_settings_comment():
+def test_help_shows_each_settings_comment(script):
     """Regression: --help listed --key=default with no words; it shows the comment beside each setting."""
-    p = run('train.py', '--help')
-    assert re.search(r"^  --eval_iters=200 +batches per split in each evaluation$", p.stdout, re.M), p.stdout
-    assert re.search(r"^  --grad_clip=1.0 +clip gradients at this norm; 0.0 disables$", p.stdout, re.M)
-    p = run('data/openwebtext/prepare.py', '--help')
-    assert re.search(r"^  --num_proc=\d+ +tokenizer processes$", p.stdout, re.M), p.stdout
+    p = script('train.py', '--help')
+    assert re.search(r"^  --eval_iters=200 +batches per split in each evaluation$", p.out, re.M), p.out
+    assert re.search(r"^  --grad_clip=1.0 +clip gradients at this norm; 0.0 disables$", p.out, re.M)
+    p = script('data/openwebtext/prepare.py', '--help')
+    assert re.search(r"^  --num_proc=\d+ +tokenizer processes$", p.out, re.M), p.out
