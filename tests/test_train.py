@@ -231,7 +231,7 @@ def test_kill_during_save_leaves_a_loadable_checkpoint(tiny_data, tmp_path):
     proc.wait()
     assert killed, 'never caught a save in progress'
     ckpt, _ = checkpoint.load(str(out / 'ckpt.pt'))  # the previous checkpoint, whole: its checksum holds
-    assert ckpt['iter_num'] >= 1
+    GPT(GPTConfig(**ckpt['model_args'])).load_state_dict(ckpt['model'])  # and its weights fit the model
 
 
 def test_ctrl_c_during_a_long_evaluation_stops_at_once(trained, trained_copy):
