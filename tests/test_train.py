@@ -2,7 +2,7 @@
 non-finite losses and bad input. Run: python -m pytest -q tests/test_train.py
 
 Most runs go through the `script` fixture (train.py in this process); the ones about signals and pipes
-are real subprocesses."""
+are real subprocesses, marked slow."""
 import ast
 import math
 import os
@@ -165,6 +165,7 @@ def interrupt_at(proc, prefix, *signals):
     return proc.communicate(timeout=120)
 
 
+@pytest.mark.slow  # a subprocess
 def test_sigint_saves_the_last_completed_iteration(tiny_data, tmp_path, train):
     proc = start_long_run(tiny_data, tmp_path / 'out')
     out, err = interrupt_at(proc, 'iter 5:', signal.SIGINT)
@@ -178,6 +179,7 @@ def test_sigint_saves_the_last_completed_iteration(tiny_data, tmp_path, train):
     assert f'step {last}: train loss' in p.out
 
 
+@pytest.mark.slow  # a subprocess
 def test_sigint_keeps_the_best_checkpoint_without_always_save(tiny_data, tmp_path, train):
     """Regression: with always_save_checkpoint=False, Ctrl-C wrote the current weights over the
     best-val checkpoint. The stop's state goes to interrupted.pt, which resume reads."""
@@ -196,6 +198,7 @@ def test_sigint_keeps_the_best_checkpoint_without_always_save(tiny_data, tmp_pat
     assert not (out_dir / 'interrupted.pt').exists()  # the finished run went past it
 
 
+@pytest.mark.slow  # a subprocess
 def test_reader_quitting_early_stops_like_a_signal(tiny_data, tmp_path):
     """Regression: with stdout piped into a reader that quits early (| grep -m1 iter), the next log
     line raised BrokenPipeError: a traceback, and the iterations since the last checkpoint were lost.
@@ -215,6 +218,7 @@ def test_reader_quitting_early_stops_like_a_signal(tiny_data, tmp_path):
     assert last > 3 and load(tmp_path / 'out' / 'ckpt.pt')['iter_num'] == last
 
 
+@pytest.mark.slow  # a subprocess
 def test_kill_during_save_leaves_a_loadable_checkpoint(tiny_data, tmp_path):
     out = tmp_path / 'out'
     proc = subprocess.Popen([sys.executable, str(REPO / 'train.py'), *TINY, f'--dataset={tiny_data}',
@@ -234,6 +238,7 @@ def test_kill_during_save_leaves_a_loadable_checkpoint(tiny_data, tmp_path):
     GPT(GPTConfig(**ckpt['model_args'])).load_state_dict(ckpt['model'])  # and its weights fit the model
 
 
+@pytest.mark.slow  # a subprocess
 def test_ctrl_c_during_a_long_evaluation_stops_at_once(trained, trained_copy):
     """Regression: evaluation ran its eval_iters batches to the end before a Ctrl-C was noticed (45 s
     with no output). It checks between batches; the step is saved unevaluated."""
@@ -404,6 +409,7 @@ def test_at_most_one_host_sync_per_log_interval(tiny_data, tmp_path, train, monk
     assert len(reads) <= 2 * 4 + 2, reads
 
 
+@pytest.mark.slow  # a subprocess
 def test_single_gpu_setup_gets_past_device_selection(tiny_data, tmp_path):
     """Regression: train.py called torch.cuda.set_device('cuda'), which raises 'Expected a torch.device
     with a specified index' on every single-GPU run. CUDA is faked here (a sitecustomize shim) so the
@@ -444,6 +450,7 @@ def test_wandb_offline_and_resume_continues_the_run(tiny_data, tmp_path, train, 
     assert load(tmp_path / 'out' / 'ckpt.pt')['wandb_run_id'] == run_id
 
 
+@pytest.mark.slow  # a subprocess
 def test_sigterm_after_sigint_still_saves(tiny_data, tmp_path):
     """Regression: a SIGTERM that follows a Ctrl-C (a launcher passing the stop on) counted as a second
     Ctrl-C and killed the run without a checkpoint. Only a repeated SIGINT quits at once."""
