@@ -11,7 +11,7 @@ import torch
 
 import checkpoint
 import sharding
-from conftest import REPO, TINY, assert_one_line_error, chars_of, torchrun
+from conftest import REPO, TINY, assert_one_line_error, chars_of, in_process, torchrun
 
 FSDP = ['--fsdp=True', '--gradient_accumulation_steps=4', '--eval_iters=3']  # 2 micro-steps per process
 LONG = ['--max_iters=30', '--lr_decay_iters=30']  # long enough for a Ctrl-C to land before the end
@@ -151,39 +151,6 @@ def test_one_process_ddp_and_fsdp_agree_on_the_same_global_batch(tmp_path):
     assert (torch.tensor(r['one+ac+compile'][0]) - one).abs().max() < 1e-6
 
 
-@pytest.mark.slow
-def test_cross_format_resume_and_sample(runs, tmp_path, script):
-    data = runs.data
-    shutil.copytree(runs.fsdp, tmp_path / 'run')
-    run = tmp_path / 'run'
-    # sample.py and eval.py read the sharded checkpoint, gathered into one process
-    p = script('sample.py', f'--out_dir={run}', '--device=cpu', '--num_samples=1', '--max_new_tokens=20')
-    assert len(p.out.split('---------------')[0].strip()) >= 20, p.out
-    # a single-process resume takes it up and writes a ckpt.pt, which replaces the stale shards
-    p = script('train.py', *TINY, f'--dataset={data}', f'--out_dir={run}', '--init_from=resume', '--max_iters=32',
-               '--lr_decay_iters=30')
-    assert f'resuming from {run / "ckpt.dcp"} at iter 30' in p.out and 'fsdp True -> False' in p.out
-    assert sorted(os.listdir(run)) == ['ckpt.pt']
-    # and FSDP takes up that ckpt.pt, weights and AdamW state exactly
-    assert_same(*sharded_then_gathered(run / 'ckpt.pt', 2, tmp_path))
-    # but not an optimizer state for another number of tensors (regression: an IndexError's traceback)
-    bad = tmp_path / 'bad'
-    bad.mkdir()
-    ckpt, _ = checkpoint.load(str(run / 'ckpt.pt'))
-    gone = ckpt['optimizer']['param_groups'][1]['params'].pop()
-    del ckpt['optimizer']['state'][gone]
-    checkpoint.save(str(bad / 'ckpt.pt'), {k: v for k, v in ckpt.items() if k != 'checksum'})
-    q = torchrun('train.py', *TINY, f'--dataset={data}', f'--out_dir={bad}', '--init_from=resume', '--max_iters=33',
-                 *FSDP)
-    assert q.returncode != 0 and 'the optimizer state does not fit the model (ValueError: it holds the state of ' \
-        '14 tensors, this model has 15)' in q.stderr, q.stderr[-3000:]
-    q = torchrun('train.py', *TINY, f'--dataset={data}', f'--out_dir={run}', '--init_from=resume', '--max_iters=33',
-                 *FSDP)
-    assert q.returncode == 0, q.stderr[-3000:]
-    assert f'resuming from {run / "ckpt.pt"} at iter 32' in q.stdout and sorted(os.listdir(run)) == ['ckpt.dcp']
-    assert checkpoint.load(str(run / 'ckpt.dcp'))[0]['iter_num'] == 33
-
-
 RESHARD = r'''
 import os, sys
 sys.path.insert(0, os.environ['REPO'])
@@ -191,37 +158,92 @@ import torch, torch.distributed as dist
 import checkpoint, sharding
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 dist.init_process_group('gloo')
-path = os.environ['CKPT']
-ckpt, _ = checkpoint.read_meta(path) if os.path.isdir(path) else checkpoint.load(path, mmap=True)  # as train.py
-model = sharding.place(checkpoint.build_model(ckpt, path), 'cpu', 'float32', True)
-opt = model.configure_optimizers(0.0, 0.0, (0.9, 0.95), 'cpu', verbose=False)
-checkpoint.restore(ckpt, path, opt, torch.amp.GradScaler("cpu", enabled=False), sharded_model=model)
-weights, moments = get_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-if dist.get_rank() == 0:
-    torch.save({'model': weights, 'optimizer': moments}, os.environ['RESULT'])
+for i, path in enumerate(os.environ['CKPTS'].split(os.pathsep)):
+    ckpt, _ = checkpoint.read_meta(path) if os.path.isdir(path) else checkpoint.load(path, mmap=True)  # as train.py
+    model = sharding.place(checkpoint.build_model(ckpt, path), 'cpu', 'float32', True)
+    opt = model.configure_optimizers(0.0, 0.0, (0.9, 0.95), 'cpu', verbose=False)
+    checkpoint.restore(ckpt, path, opt, torch.amp.GradScaler("cpu", enabled=False), sharded_model=model)
+    weights, moments = get_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if dist.get_rank() == 0:
+        torch.save({'model': weights, 'optimizer': moments}, f"{os.environ['RESULT']}.{i}")
 dist.destroy_process_group()
 '''
 
 
-def sharded_then_gathered(path, nproc, tmp_path):
-    """A checkpoint loaded as train.py's FSDP resume loads it, at nproc processes, then gathered whole ->
-    (its state, the checkpoint's own), both flat as state() gives them."""
+def sharded_then_gathered(paths, nproc, tmp_path):
+    """Checkpoints loaded as train.py's FSDP resume loads them, at nproc processes, then gathered whole
+    (one launch for them all) -> for each, (its state, the checkpoint's own), both flat as state() gives them."""
     (tmp_path / 'reshard.py').write_text(RESHARD)
-    p = torchrun(tmp_path / 'reshard.py', nproc=nproc,
-                 env={'REPO': str(REPO), 'CKPT': str(path), 'RESULT': str(tmp_path / 'r.pt')})
-    assert (tmp_path / 'r.pt').exists(), p.stderr[-3000:]
-    got = torch.load(tmp_path / 'r.pt', weights_only=True)
-    os.remove(tmp_path / 'r.pt')
-    names = [n for g in got['optimizer']['param_groups'] for n in g['params']]  # position -> name
-    flat = {f'model.{k}': v for k, v in got['model'].items()}
-    flat.update({f'optim.{i}.{k}': v for i, n in enumerate(names) for k, v in got['optimizer']['state'][n].items()})
-    return flat, state(path)[0]
+    p = torchrun(tmp_path / 'reshard.py', nproc=nproc, env={'REPO': str(REPO), 'RESULT': str(tmp_path / 'r.pt'),
+                                                           'CKPTS': os.pathsep.join(map(str, paths))})
+    pairs = []
+    for i, path in enumerate(paths):
+        result = tmp_path / f'r.pt.{i}'
+        assert result.exists(), p.stderr[-3000:]
+        got = torch.load(result, weights_only=True)
+        names = [n for g in got['optimizer']['param_groups'] for n in g['params']]  # position -> name
+        flat = {f'model.{k}': v for k, v in got['model'].items()}
+        flat.update({f'optim.{j}.{k}': v for j, n in enumerate(names) for k, v in got['optimizer']['state'][n].items()})
+        pairs.append((flat, state(path)[0]))
+    return pairs
+
+
+@pytest.fixture(scope='module')
+def one_process_resume(runs, tmp_path_factory):
+    """A copy of the FSDP run resumed in one process to iter 32: its ckpt.pt replaces the shards.
+    SimpleNamespace(out, log)."""
+    out = tmp_path_factory.mktemp('resumed_in_one') / 'run'
+    shutil.copytree(runs.fsdp, out)
+    p = in_process('train.py', *TINY, f'--dataset={runs.data}', f'--out_dir={out}', '--init_from=resume',
+                   '--max_iters=32', '--lr_decay_iters=30')
+    return SimpleNamespace(out=out, log=p.out)
+
+
+@pytest.fixture(scope='module')
+def resharded(runs, one_process_resume, tmp_path_factory):
+    """FSDP's 2-process shards (dcp) and the one-process ckpt.pt (pt), taken up at 3 processes (uneven shards:
+    32 rows do not split in 3) as train.py's FSDP resume takes them up, in one launch: {'dcp': (gathered,
+    own), 'pt': (gathered, own)}."""
+    paths = [runs.fsdp / 'ckpt.dcp', one_process_resume.out / 'ckpt.pt']
+    return dict(zip(('dcp', 'pt'), sharded_then_gathered(paths, 3, tmp_path_factory.mktemp('reshard'))))
 
 
 @pytest.mark.slow
-def test_resume_at_another_world_size(runs, tmp_path):
-    # four processes take up two's shards: every weight and AdamW moment is where it was
-    assert_same(*sharded_then_gathered(runs.fsdp / 'ckpt.dcp', 4, tmp_path))
+def test_cross_format_resume_and_sample(runs, one_process_resume, resharded, tmp_path, script):
+    data = runs.data
+    # sample.py and eval.py read the sharded checkpoint, gathered into one process
+    p = script('sample.py', f'--out_dir={runs.fsdp}', '--device=cpu', '--num_samples=1', '--max_new_tokens=20')
+    assert len(p.out.split('---------------')[0].strip()) >= 20, p.out
+    # a single-process resume takes it up and writes a ckpt.pt, which replaces the stale shards
+    log, pt = one_process_resume.log, one_process_resume.out / 'ckpt.pt'
+    assert f'resuming from {pt.parent / "ckpt.dcp"} at iter 30' in log and 'fsdp True -> False' in log
+    assert sorted(os.listdir(pt.parent)) == ['ckpt.pt']
+    # and FSDP takes up that ckpt.pt, weights and AdamW state exactly
+    assert_same(*resharded['pt'])
+    # but not an optimizer state for another number of tensors (regression: an IndexError's traceback)
+    bad = tmp_path / 'bad'
+    bad.mkdir()
+    ckpt, _ = checkpoint.load(str(pt))
+    gone = ckpt['optimizer']['param_groups'][1]['params'].pop()
+    del ckpt['optimizer']['state'][gone]
+    checkpoint.save(str(bad / 'ckpt.pt'), {k: v for k, v in ckpt.items() if k != 'checksum'})
+    q = torchrun('train.py', *TINY, f'--dataset={data}', f'--out_dir={bad}', '--init_from=resume', '--max_iters=33',
+                 *FSDP)
+    assert q.returncode != 0 and 'the optimizer state does not fit the model (ValueError: it holds the state of ' \
+        '14 tensors, this model has 15)' in q.stderr, q.stderr[-3000:]
+    run = tmp_path / 'run'
+    shutil.copytree(pt.parent, run)
+    q = torchrun('train.py', *TINY, f'--dataset={data}', f'--out_dir={run}', '--init_from=resume', '--max_iters=33',
+                 *FSDP)
+    assert q.returncode == 0, q.stderr[-3000:]
+    assert f'resuming from {run / "ckpt.pt"} at iter 32' in q.stdout and sorted(os.listdir(run)) == ['ckpt.dcp']
+    assert checkpoint.load(str(run / 'ckpt.dcp'))[0]['iter_num'] == 33
+
+
+@pytest.mark.slow
+def test_resume_at_another_world_size(resharded):
+    # three processes take up two's shards: every weight and AdamW moment is where it was
+    assert_same(*resharded['dcp'])
     # train.py's resume takes this same path (the random state then starts afresh, as under DDP: test_ddp.py)
 
 
