@@ -263,6 +263,8 @@ def test_consolidate_writes_the_same_state_as_ckpt_pt(runs, tmp_path, script):
 
 @pytest.mark.slow
 def test_crash_mid_save_leaves_the_previous_checkpoint(runs, tmp_path, script):
+    """A crash between the save's two renames (the previous folder set aside as .old, no new one) is
+    resumed from the .old folder: test_interrupted_by_sigint_then_resumed_is_the_same_run."""
     data = runs.data
     run = tmp_path / 'run'
     shutil.copytree(runs.fsdp, run)
@@ -271,22 +273,16 @@ def test_crash_mid_save_leaves_the_previous_checkpoint(runs, tmp_path, script):
     (run / 'ckpt.dcp.tmp' / '__0_0.distcp').write_bytes(b'partial')
     p = script('sample.py', f'--out_dir={run}', '--device=cpu', '--num_samples=1', '--max_new_tokens=5')
     assert len(p.out.split('\n---')[0]) == 1 + 5, p.out  # the prompt '\n' and 5 characters
-    # a crash between the two renames: only the previous folder, set aside as .old
-    os.rename(run / 'ckpt.dcp', run / 'ckpt.dcp.old')
-    p = torchrun('train.py', *TINY, f'--dataset={data}', f'--out_dir={run}', '--init_from=resume', '--max_iters=31',
-                 *FSDP)
-    assert p.returncode == 0, p.stderr[-3000:]
-    assert f'resuming from {run / "ckpt.dcp.old"} at iter 30' in p.stdout
-    assert sorted(os.listdir(run)) == ['ckpt.dcp'] and checkpoint.load(str(run / 'ckpt.dcp'))[0]['iter_num'] == 31
     # a save that fails on rank 0 alone (here: renaming the old folder aside): every process stops in one
     # line, the unfinished folder is gone and the previous checkpoint is as it was
+    shutil.rmtree(run / 'ckpt.dcp.tmp')
     (run / 'ckpt.dcp.old').write_text('in the way')
-    p = torchrun('train.py', *TINY, f'--dataset={data}', f'--out_dir={run}', '--init_from=resume', '--max_iters=32',
+    p = torchrun('train.py', *TINY, f'--dataset={data}', f'--out_dir={run}', '--init_from=resume', '--max_iters=31',
                  *FSDP)
     assert p.returncode != 0 and 'error: cannot write' in p.stderr and 'the previous checkpoint is unchanged' \
         in p.stderr and 'Connection closed' not in p.stderr, p.stderr[-3000:]
     assert sorted(os.listdir(run)) == ['ckpt.dcp', 'ckpt.dcp.old']
-    assert checkpoint.load(str(run / 'ckpt.dcp'))[0]['iter_num'] == 31
+    assert checkpoint.load(str(run / 'ckpt.dcp'))[0]['iter_num'] == 30
 
 
 @pytest.mark.slow
@@ -340,7 +336,8 @@ def test_fsdp_setting_errors(tiny_data, tmp_path, script, monkeypatch):
 @pytest.mark.slow
 def test_interrupted_by_sigint_then_resumed_is_the_same_run(runs, tmp_path):
     """Ctrl-C mid-run, then --init_from=resume: the checkpoint holds every process's shards and random
-    state, so the two runs together are the uninterrupted one to the bit."""
+    state, so the two runs together are the uninterrupted one to the bit, also when the resume finds the
+    checkpoint where a crash between a save's two renames leaves it."""
     data = runs.data
     proc = torchrun('train.py', *TINY, f'--dataset={data}', f'--out_dir={tmp_path / "run"}', *LONG, *FSDP, popen=True)
     for line in proc.stdout:
@@ -350,12 +347,20 @@ def test_interrupted_by_sigint_then_resumed_is_the_same_run(runs, tmp_path):
     out, err = proc.communicate(timeout=120)
     stopped = int(re.search(r'stopped by SIGINT at iter (\d+)', err)[1])
     assert 3 <= stopped < 30 and 'saved sharded checkpoint' in out, err[-3000:]
+    # as if the next save had then crashed between its two renames: the checkpoint set aside as .old, no
+    # new one, and a partial .tmp folder; the resume takes up .old and the leftovers go
+    run = tmp_path / 'run'
+    os.rename(run / 'ckpt.dcp', run / 'ckpt.dcp.old')
+    (run / 'ckpt.dcp.tmp').mkdir()
+    (run / 'ckpt.dcp.tmp' / '__0_0.distcp').write_bytes(b'partial')
     # recomputing the activations changes no bit either
-    p = torchrun('train.py', *TINY, f'--dataset={data}', f'--out_dir={tmp_path / "run"}', *LONG, *FSDP,
+    p = torchrun('train.py', *TINY, f'--dataset={data}', f'--out_dir={run}', *LONG, *FSDP,
                  '--init_from=resume', '--activation_checkpointing=True')
     assert p.returncode == 0, p.stderr[-3000:]
-    assert f'at iter {stopped}' in p.stdout and 'random state restored for all 2 process(es)' in p.stdout
-    assert_same(state(tmp_path / 'run' / 'ckpt.dcp')[0], state(runs.fsdp / 'ckpt.dcp')[0])  # bit for bit
+    assert f'resuming from {run / "ckpt.dcp.old"} at iter {stopped}' in p.stdout, p.stdout
+    assert 'random state restored for all 2 process(es)' in p.stdout
+    assert sorted(os.listdir(run)) == ['ckpt.dcp']
+    assert_same(state(run / 'ckpt.dcp')[0], state(runs.fsdp / 'ckpt.dcp')[0])  # bit for bit
 
 
 SPY = r'''
