@@ -7,10 +7,12 @@ import ast
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -165,14 +167,26 @@ def interrupt_at(proc, prefix, *signals):
     return proc.communicate(timeout=120)
 
 
+@pytest.fixture(scope='module')
+def stopped(tiny_data, tmp_path_factory):
+    """A long run (a subprocess) sent a SIGINT and at once a SIGTERM, as a launcher that passes a Ctrl-C on
+    sends them, at its 'iter 5:' line: SimpleNamespace(code, out (after that line), err, out_dir). Tests
+    that resume it work on a copy."""
+    out_dir = tmp_path_factory.mktemp('stopped') / 'out'
+    proc = start_long_run(tiny_data, out_dir)
+    out, err = interrupt_at(proc, 'iter 5:', signal.SIGINT, signal.SIGTERM)
+    return SimpleNamespace(code=proc.returncode, out=out, err=err, out_dir=out_dir)
+
+
 @pytest.mark.slow  # a subprocess
-def test_sigint_saves_the_last_completed_iteration(tiny_data, tmp_path, train):
-    proc = start_long_run(tiny_data, tmp_path / 'out')
-    out, err = interrupt_at(proc, 'iter 5:', signal.SIGINT)
-    assert proc.returncode == 130, err
-    last = int(re.findall(r'^iter (\d+):', out, re.M)[-1]) if 'iter ' in out else 5
-    assert f'stopped by SIGINT at iter {last}' in err
-    assert load(tmp_path / 'out' / 'ckpt.pt')['iter_num'] == last
+def test_sigint_saves_the_last_completed_iteration(stopped, tiny_data, tmp_path, train):
+    """The stop (a SIGINT, followed by a SIGTERM as in test_sigterm_after_sigint_still_saves) saves the last
+    completed iteration, and a resumed run goes on from it."""
+    assert stopped.code == 130, stopped.err
+    last = int(re.findall(r'^iter (\d+):', stopped.out, re.M)[-1]) if 'iter ' in stopped.out else 5
+    assert f'stopped by SIGINT at iter {last}' in stopped.err
+    assert load(stopped.out_dir / 'ckpt.pt')['iter_num'] == last
+    shutil.copytree(stopped.out_dir, tmp_path / 'out')
     p = train(tiny_data, tmp_path / 'out', '--init_from=resume', f'--max_iters={last + 2}', '--eval_interval=1')
     assert f'iter {last + 2}: loss' in p.out
     # regression: a stop skips its evaluation to be quick, and the resumed run skipped it as well
@@ -451,13 +465,11 @@ def test_wandb_offline_and_resume_continues_the_run(tiny_data, tmp_path, train, 
 
 
 @pytest.mark.slow  # a subprocess
-def test_sigterm_after_sigint_still_saves(tiny_data, tmp_path):
+def test_sigterm_after_sigint_still_saves(stopped):
     """Regression: a SIGTERM that follows a Ctrl-C (a launcher passing the stop on) counted as a second
     Ctrl-C and killed the run without a checkpoint. Only a repeated SIGINT quits at once."""
-    proc = start_long_run(tiny_data, tmp_path / 'out')
-    out, err = interrupt_at(proc, 'iter 3:', signal.SIGINT, signal.SIGTERM)
-    assert proc.returncode == 130, err
-    assert load(tmp_path / 'out' / 'ckpt.pt')['iter_num'] >= 3
+    assert stopped.code == 130, stopped.err
+    assert load(stopped.out_dir / 'ckpt.pt')['iter_num'] >= 5
 
 
 def test_no_improvement_without_always_save_is_reported(tiny_data, tmp_path, train):
