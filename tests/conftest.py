@@ -1,6 +1,11 @@
-"""Shared helpers: tiny datasets, one tiny training run shared by the whole session, and two ways to run
-the scripts: in this process (no 2 s of start-up; exit code, stdout and stderr come back) or as a
-subprocess (for what only a real process shows: signals, pipes, torchrun)."""
+"""Shared helpers: tiny datasets, tiny training runs shared by the whole session, and three ways to run
+the scripts: in this process (no 2 s of start-up; exit code, stdout and stderr come back), as a
+subprocess (for what only a real process shows: signals, pipes) or under torchrun.
+
+Two tiers: `python -m pytest -q -m "not slow" tests` leaves out the tests marked slow (torchrun, long
+subprocess runs), for the edit-test loop; `python -m pytest -q tests` runs them all."""
+import contextlib
+import io
 import json
 import os
 import pickle
@@ -36,6 +41,11 @@ def _gpt2_bpe_loads():
         return True
     except Exception:
         return False
+
+
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'slow: several seconds or more (torchrun, long subprocess runs); '
+                                       'leave these out with -m "not slow"')
 
 
 needs_gpt2_bpe = pytest.mark.skipif(not _gpt2_bpe_loads(), reason="GPT-2 BPE files not found: point "
@@ -101,34 +111,65 @@ def run(script, *args, cwd=None, env=None, check=True, timeout=300):
     return p
 
 
+def torchrun(script, *args, nproc=2, popen=False, env=None, timeout=300):
+    """script (a path under REPO, or an absolute one) with args under `torchrun --standalone
+    --nproc_per_node=nproc`, one thread per process: the CompletedProcess, or with popen the running Popen
+    (text, stdout and stderr piped)."""
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc}',
+           str(REPO / script), *map(str, args)]
+    full_env = {**os.environ, 'PYTHONUNBUFFERED': '1', 'OMP_NUM_THREADS': '1', **(env or {})}
+    if popen:
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+def _run_here(name):
+    """Run REPO/name in this process as __main__, with sys.argv as it is -> the exit code. Signal handlers,
+    runtime's stop flag and torch's thread count are as before afterwards."""
+    import torch
+
+    import runtime
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models gain nothing from threads, which stall on a busy machine
+    try:
+        runpy.run_path(str(REPO / name), run_name='__main__')
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 1
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+        runtime.stop_signal = None
+        torch.set_num_threads(threads)
+    return 0
+
+
 @pytest.fixture
 def script(monkeypatch, capsys):
     """script(name, *args, check=True) runs REPO/name in this process as `python name args` would, and
     returns SimpleNamespace(code, out, err). Anything but an exit (a traceback) fails the test."""
-    import torch
-
-    import runtime
-
     def go(name, *args, check=True):
         monkeypatch.setattr(sys, 'argv', [name, *map(str, args)])
-        handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # tiny models gain nothing from threads, which stall on a busy machine
-        code = 0
-        try:
-            runpy.run_path(str(REPO / name), run_name='__main__')
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
-        finally:
-            for s, h in handlers.items():
-                signal.signal(s, h)
-            runtime.stop_signal = None
-            torch.set_num_threads(threads)
+        code = _run_here(name)
         out, err = capsys.readouterr()
         if check:
             assert code == 0, f"{name} exited {code}\n{out[-2000:]}\n{err[-3000:]}"
         return SimpleNamespace(code=code, out=out, err=err)
     return go
+
+
+def in_process(name, *args):
+    """What the script fixture does, for session fixtures (which cannot use it): REPO/name with args in this
+    process -> SimpleNamespace(code, out, err); an exit code other than 0 fails."""
+    argv, sys.argv = sys.argv, [name, *map(str, args)]
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = _run_here(name)
+    finally:
+        sys.argv = argv
+    assert code == 0, f"{name} exited {code}\n{out.getvalue()[-2000:]}\n{err.getvalue()[-3000:]}"
+    return SimpleNamespace(code=code, out=out.getvalue(), err=err.getvalue())
 
 
 def assert_one_line_error(p, text):
@@ -145,14 +186,56 @@ def trained(tiny_data, tmp_path_factory):
     """One tiny training run shared by the session: SimpleNamespace(data, out, stdout). Tests that change
     its out_dir work on a copy (trained_copy)."""
     out = tmp_path_factory.mktemp('trained') / 'out'
-    p = run('train.py', *TINY, *TRAINED, f'--dataset={tiny_data}', f'--out_dir={out}', env={'OMP_NUM_THREADS': '1'})
-    return SimpleNamespace(data=tiny_data, out=out, stdout=p.stdout)
+    p = in_process('train.py', *TINY, *TRAINED, f'--dataset={tiny_data}', f'--out_dir={out}')
+    return SimpleNamespace(data=tiny_data, out=out, stdout=p.out)
 
 
 @pytest.fixture
 def trained_copy(trained, tmp_path):
     """A copy of the shared run's out_dir, for a test to resume, damage or overwrite."""
     return Path(shutil.copytree(trained.out, tmp_path / 'out'))
+
+
+# the resumed-run comparison (test_train.py, test_metrics.py): 20 iterations in one go, and 10, then 10 more
+RESUMED = ['--dropout=0.1', '--gradient_accumulation_steps=2', '--lr_decay_iters=20', '--eval_interval=5',
+           '--tensorboard_log=True']
+
+
+@pytest.fixture(scope='session')
+def resumed(tiny_data, tmp_path_factory):
+    """One run, in this process: 20 iterations in one go (out_dir whole), and 10, then 10 more after
+    --init_from=resume (out_dir parts), then once more from parts' checkpoint at 10, as if the run had died
+    after it but had logged on to 20. SimpleNamespace(data, whole, parts: folders; whole_log, first, second,
+    again: the runs' SimpleNamespace(code, out, err); ckpt20: a copy of parts' ckpt.pt after its second run).
+    Tests must not change the folders."""
+    tmp = tmp_path_factory.mktemp('resumed')
+    r = SimpleNamespace(data=tiny_data, whole=tmp / 'whole', parts=tmp / 'parts', ckpt20=tmp / 'ckpt20.pt')
+    train = lambda out, *args: in_process('train.py', *TINY, *RESUMED, f'--dataset={tiny_data}', f'--out_dir={out}',
+                                          *args)
+    r.whole_log = train(r.whole, '--max_iters=20')
+    r.first = train(r.parts, '--max_iters=10')
+    shutil.copy(r.parts / 'ckpt.pt', tmp / 'ckpt10.pt')
+    r.second = train(r.parts, '--max_iters=20', '--init_from=resume')
+    shutil.copy(r.parts / 'ckpt.pt', r.ckpt20)
+    shutil.copy(tmp / 'ckpt10.pt', r.parts / 'ckpt.pt')
+    r.again = train(r.parts, '--max_iters=20', '--init_from=resume')
+    return r
+
+
+# the shared DDP run (test_ddp.py checks its log and resumes it; test_fsdp.py compares FSDP with it)
+DDP_RUN = ['--max_iters=30', '--lr_decay_iters=30', '--gradient_accumulation_steps=4', '--eval_iters=3']
+
+
+@pytest.fixture(scope='session')
+def ddp_run(tiny_data, tmp_path_factory):
+    """train.py under torchrun, 2 processes of 2 micro-steps, 30 iterations, with a peak for MFU, the val
+    task at each evaluation and TensorBoard: SimpleNamespace(data, out, stdout, stderr). Tests that change
+    its out_dir work on a copy."""
+    out = tmp_path_factory.mktemp('ddp') / 'out'
+    p = torchrun('train.py', *TINY, *DDP_RUN, f'--dataset={tiny_data}', f'--out_dir={out}', '--peak_flops=1e10',
+                 '--eval_tasks=val', '--tensorboard_log=True')
+    assert p.returncode == 0, p.stderr[-3000:]
+    return SimpleNamespace(data=tiny_data, out=out, stdout=p.stdout, stderr=p.stderr)
 
 
 def overwrite_largest_tensor(path):

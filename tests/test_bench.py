@@ -26,7 +26,7 @@ def test_train_step_figures(bench):
     r = bench(*TINY_BENCH, '--vocab_size=96', '--peak_flops=1e12').result
     assert r['mode'] == 'train' and r['device'] == 'cpu' and r['batch_size'] == 2 and r['block_size'] == 32
     assert 0 < r['ms_min'] <= r['ms_median'] <= r['ms_max']
-    assert r['tokens_per_s'] > 0 and r['peak_mem_mb'] > 0
+    assert r['tokens_per_s'] == pytest.approx(2 * 32 / (r['ms_median'] / 1000)) and r['peak_mem_mb'] > 0
     assert 0 < r['mfu'] < 1  # a peak was given, so MFU is computed even on a CPU
     # regression: bench.py compiled on any device, train.py on CUDA only; now both follow one rule
     p = bench(*TINY_BENCH, '--compile=True')
@@ -39,20 +39,27 @@ def test_real_data_with_profile(bench, tmp_path, char_dataset):
               f'--profile_dir={trace_dir}')
     assert p.result['vocab_size'] == len(chars_of(char_dataset))  # the dataset's, as in train.py
     assert p.result['mfu'] is None and 'mfu n/a' in p.out  # no known peak for a CPU
-    assert p.result['tokens_per_s'] > 0
+    assert p.result['tokens_per_s'] == pytest.approx(2 * 32 / (p.result['ms_median'] / 1000))
     assert list(trace_dir.glob('*.pt.trace.json')), f"no trace in {trace_dir}: {list(trace_dir.iterdir())}"
 
 
 def test_sample_mode(bench):
-    r = bench(*TINY_BENCH, '--mode=sample', '--max_new_tokens=8', '--batch_size=1').result
-    assert r['cached']['tokens_per_s'] > 0 and r['uncached']['tokens_per_s'] > 0
-    assert r['cache_speedup'] > 0
+    p = bench(*TINY_BENCH, '--mode=sample', '--max_new_tokens=8', '--batch_size=1')
+    r = p.result
+    for name in ('cached', 'uncached'):
+        s = r[name]
+        assert 0 < s['ms_min'] <= s['ms_median'] <= s['ms_max'], s
+        assert s['tokens_per_s'] == pytest.approx(1 * 8 / (s['ms_median'] / 1000)), s  # batch x new tokens
+    # the speedup is the ratio of the two median times, as printed
+    assert r['cache_speedup'] == pytest.approx(r['uncached']['ms_median'] / r['cached']['ms_median'])
+    assert f"KV cache speedup: {r['cache_speedup']:.2f}x" in p.out
 
 
 def test_sample_config_is_the_shakespeare_char_shape(bench):
     r = bench('config/bench_sample_char.py', '--steps=1', '--max_new_tokens=4', '--json=True').result
     assert (r['mode'], r['batch_size'], r['block_size'], r['vocab_size']) == ('sample', 1, 256, 65)
-    assert r['max_new_tokens'] == 4 and r['cache_speedup'] > 0
+    assert r['max_new_tokens'] == 4
+    assert r['cache_speedup'] == pytest.approx(r['uncached']['ms_median'] / r['cached']['ms_median'])
 
 
 def test_gpu_defaults_on_a_cpu_point_to_the_cpu_config(bench):

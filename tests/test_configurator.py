@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from configurator import ConfigError, UserError, apply_overrides, configure, make_dir
-from conftest import REPO, TINY, assert_one_line_error, run
+from conftest import REPO, assert_one_line_error
 
 
 def settings(**extra):
@@ -92,11 +92,11 @@ def test_configure_exits_2_with_one_line(capsys):
     assert err.startswith("error: batch_size='x'") and err.count('\n') == 1
 
 
-def test_every_shipped_config_applies_to_train_py():
+def test_every_shipped_config_applies_to_train_py(script):
     """Each config/*.py only sets keys train.py (or bench.py) knows, with the right types."""
-    p = run('train.py', '--help')
-    assert '--learning_rate=0.0006' in p.stdout and '--init_from=' in p.stdout
-    known = {line.split('=')[0].strip()[2:] for line in p.stdout.splitlines() if line.startswith('  --')}
+    p = script('train.py', '--help')
+    assert '--learning_rate=0.0006' in p.out and '--init_from=' in p.out
+    known = {line.split('=')[0].strip()[2:] for line in p.out.splitlines() if line.startswith('  --')}
     for cfg in sorted((REPO / 'config').glob('*.py')):
         if cfg.name.startswith('bench'):
             continue
@@ -141,24 +141,23 @@ def test_declared_checks(capsys):
     assert 'Overriding: batch_size = 3' in capsys.readouterr().out
 
 
-def test_help_shows_each_settings_comment():
+def test_help_shows_each_settings_comment(script):
     """Regression: --help listed --key=default with no words; it shows the comment beside each setting."""
-    p = run('train.py', '--help')
-    assert re.search(r"^  --eval_iters=200 +batches per split in each evaluation$", p.stdout, re.M), p.stdout
-    assert re.search(r"^  --grad_clip=1.0 +clip gradients at this norm; 0.0 disables$", p.stdout, re.M)
-    p = run('data/openwebtext/prepare.py', '--help')
-    assert re.search(r"^  --num_proc=\d+ +tokenizer processes$", p.stdout, re.M), p.stdout
+    p = script('train.py', '--help')
+    assert re.search(r"^  --eval_iters=200 +batches per split in each evaluation$", p.out, re.M), p.out
+    assert re.search(r"^  --grad_clip=1.0 +clip gradients at this norm; 0.0 disables$", p.out, re.M)
+    p = script('data/openwebtext/prepare.py', '--help')
+    assert re.search(r"^  --num_proc=\d+ +tokenizer processes$", p.out, re.M), p.out
 
 
-def test_a_file_setting_names_the_file_and_its_folder(tmp_path, script, tiny_data, monkeypatch):
+def test_a_file_setting_names_the_file_and_its_folder(tmp_path, script, trained, monkeypatch):
     """Regression: export.py --weights=DIR/x.pt blamed the folder as if it were the setting's value
     ("weights 'DIR' is not writable"); the message names the file given and its folder."""
     (tmp_path / 'afile').write_text('not a folder')
-    script('train.py', *TINY, f'--dataset={tiny_data}', f'--out_dir={tmp_path / "out"}', '--max_iters=1')
     for target, problem in [(tmp_path / 'afile' / 'sub' / 'x.pt',
                              f"cannot create its folder {tmp_path / 'afile' / 'sub'} (Not a directory)"),
                             (tmp_path / 'afile' / 'x.pt', f"its folder {tmp_path / 'afile'} is a file, not a folder")]:
-        p = script('export.py', f'--out_dir={tmp_path / "out"}', f'--weights={target}', check=False)
+        p = script('export.py', f'--out_dir={trained.out}', f'--weights={target}', check=False)
         assert_one_line_error(p, f"--weights={target}: {problem}; choose another with --weights=")
     # tests run as root, who may write into a read-only folder: let os.access say no instead
     monkeypatch.setattr(os, 'access', lambda path, mode: False)

@@ -90,6 +90,7 @@ def test_val_loss_equals_a_plain_loop_and_repeats(trained, script):
     assert strided['val']['loss'] != figures['val']['loss']
 
 
+@pytest.mark.slow  # torchrun
 def test_two_processes_give_the_figures_of_one(trained, tmp_path, script):
     hs = write_jsonl(tmp_path / 'hs.jsonl', [{'ctx': 'All', 'label': i % 4, 'endings': ['speak.', 'hear me', 'we', 'die']}
                                               for i in range(5)])  # 5 examples: 3 on one process, 2 on the other

@@ -4,16 +4,14 @@ import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 import checkpoint
 import sharding
-from conftest import REPO, TINY, assert_one_line_error, chars_of
-from test_ddp import torchrun
+from conftest import REPO, TINY, assert_one_line_error, chars_of, in_process, torchrun
 
 FSDP = ['--fsdp=True', '--gradient_accumulation_steps=4', '--eval_iters=3']  # 2 micro-steps per process
 LONG = ['--max_iters=30', '--lr_decay_iters=30']  # long enough for a Ctrl-C to land before the end
@@ -40,32 +38,30 @@ def assert_same(a, b, tol=0.0):
 
 
 @pytest.fixture(scope='module')
-def runs(tmp_path_factory):
-    """DDP and FSDP, 2 processes each, 30 iterations on the same data; FSDP's checkpoint feeds the tests."""
-    from conftest import write_char_dataset
-    tmp = tmp_path_factory.mktemp('fsdp')
-    data = write_char_dataset(tmp / 'data')
-    out = {}
-    for name, extra in [('ddp', ['--gradient_accumulation_steps=4', '--eval_iters=3']), ('fsdp', FSDP)]:
-        p = torchrun(f'--dataset={data}', f'--out_dir={tmp / name}', *LONG, *extra)
-        assert p.returncode == 0, p.stderr[-3000:]
-        out[name] = p.stdout
-    return tmp, data, out
+def runs(ddp_run, tmp_path_factory):
+    """FSDP, 2 processes, 30 iterations, beside the shared DDP run of conftest.py: the same data and
+    settings (DDP_RUN there is LONG and FSDP here, less --fsdp). SimpleNamespace(data, ddp, fsdp: the two
+    out_dirs, log: {'ddp': stdout, 'fsdp': stdout}); FSDP's checkpoint feeds the tests, which copy it."""
+    fsdp = tmp_path_factory.mktemp('fsdp') / 'out'
+    p = torchrun('train.py', *TINY, f'--dataset={ddp_run.data}', f'--out_dir={fsdp}', *LONG, *FSDP)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return SimpleNamespace(data=ddp_run.data, ddp=ddp_run.out, fsdp=fsdp, log={'ddp': ddp_run.stdout, 'fsdp': p.stdout})
 
 
+@pytest.mark.slow
 def test_fsdp_equals_ddp(runs):
-    tmp, _, out = runs
-    assert 'saved sharded checkpoint to' in out['fsdp'] and 'parameters identical' not in out['fsdp']
-    assert sorted(os.listdir(tmp / 'fsdp')) == ['ckpt.dcp']
-    assert sorted(os.listdir(tmp / 'fsdp' / 'ckpt.dcp')) == ['.metadata', '__0_0.distcp', '__1_0.distcp', 'meta.pt']
+    assert 'saved sharded checkpoint to' in runs.log['fsdp'] and 'parameters identical' not in runs.log['fsdp']
+    assert sorted(os.listdir(runs.fsdp)) == ['ckpt.dcp']
+    assert sorted(os.listdir(runs.fsdp / 'ckpt.dcp')) == ['.metadata', '__0_0.distcp', '__1_0.distcp', 'meta.pt']
     # the same batches and the same sums: reduce-scatter adds the 2 processes' gradients as all-reduce
     # does, so on this CPU FSDP's losses, weights and AdamW moments come out as DDP's to the bit (the
     # tolerances leave room for another CPU's reduction order)
-    def numbers(out):
-        return [float(v) for line in lines(out) for v in re.findall(r'\d+\.\d+(?:e-\d+)?', line)]
-    assert len(lines(out['ddp'])) == 37 and numbers(out['fsdp']) == pytest.approx(numbers(out['ddp']), abs=2e-4)
-    ddp, _ = state(tmp / 'ddp' / 'ckpt.pt')
-    fsdp, ckpt = state(tmp / 'fsdp' / 'ckpt.dcp')
+    def numbers(out):  # DDP's eval task (after ';') left out: FSDP runs none
+        return [float(v) for line in lines(out) for v in re.findall(r'\d+\.\d+(?:e-\d+)?', line.split(';')[0])]
+    ddp_log, fsdp_log = runs.log['ddp'], runs.log['fsdp']
+    assert len(lines(ddp_log)) == 37 and numbers(fsdp_log) == pytest.approx(numbers(ddp_log), abs=2e-4)
+    ddp, _ = state(runs.ddp / 'ckpt.pt')
+    fsdp, ckpt = state(runs.fsdp / 'ckpt.dcp')
     assert ckpt['iter_num'] == 30 and len(ckpt['rng']) == 2
     assert_same(fsdp, ddp, tol=1e-6)  # measured: 0.0
 
@@ -131,11 +127,10 @@ dist.destroy_process_group()
 '''
 
 
+@pytest.mark.slow
 def test_one_process_ddp_and_fsdp_agree_on_the_same_global_batch(tmp_path):
     (tmp_path / 'same.py').write_text(SAME_BATCH)
-    env = dict(os.environ, REPO=str(REPO), RESULT=str(tmp_path / 'r.pt'), OMP_NUM_THREADS='1')
-    p = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
-                        str(tmp_path / 'same.py')], capture_output=True, text=True, env=env, timeout=300)
+    p = torchrun(tmp_path / 'same.py', env={'REPO': str(REPO), 'RESULT': str(tmp_path / 'r.pt')})
     if not (tmp_path / 'r.pt').exists():
         assert p.returncode == 0, p.stderr[-3000:]
     r = torch.load(tmp_path / 'r.pt', weights_only=True)
@@ -156,37 +151,6 @@ def test_one_process_ddp_and_fsdp_agree_on_the_same_global_batch(tmp_path):
     assert (torch.tensor(r['one+ac+compile'][0]) - one).abs().max() < 1e-6
 
 
-def test_cross_format_resume_and_sample(runs, tmp_path, script):
-    tmp, data, _ = runs
-    shutil.copytree(tmp / 'fsdp', tmp_path / 'run')
-    run = tmp_path / 'run'
-    # sample.py and eval.py read the sharded checkpoint, gathered into one process
-    p = script('sample.py', f'--out_dir={run}', '--device=cpu', '--num_samples=1', '--max_new_tokens=20')
-    assert p.code == 0 and len(p.out.split('---------------')[0].strip()) >= 20, p.err
-    # a single-process resume takes it up and writes a ckpt.pt, which replaces the stale shards
-    p = script('train.py', *TINY, f'--dataset={data}', f'--out_dir={run}', '--init_from=resume', '--max_iters=32',
-               '--lr_decay_iters=30')
-    assert p.code == 0, p.err
-    assert f'resuming from {run / "ckpt.dcp"} at iter 30' in p.out and 'fsdp True -> False' in p.out
-    assert sorted(os.listdir(run)) == ['ckpt.pt']
-    # and FSDP takes up that ckpt.pt, weights and AdamW state exactly
-    assert_same(*sharded_then_gathered(run / 'ckpt.pt', 2, tmp_path))
-    # but not an optimizer state for another number of tensors (regression: an IndexError's traceback)
-    bad = tmp_path / 'bad'
-    bad.mkdir()
-    ckpt, _ = checkpoint.load(str(run / 'ckpt.pt'))
-    gone = ckpt['optimizer']['param_groups'][1]['params'].pop()
-    del ckpt['optimizer']['state'][gone]
-    checkpoint.save(str(bad / 'ckpt.pt'), {k: v for k, v in ckpt.items() if k != 'checksum'})
-    q = torchrun(f'--dataset={data}', f'--out_dir={bad}', '--init_from=resume', '--max_iters=33', *FSDP)
-    assert q.returncode != 0 and 'the optimizer state does not fit the model (ValueError: it holds the state of ' \
-        '14 tensors, this model has 15)' in q.stderr, q.stderr[-3000:]
-    q = torchrun(f'--dataset={data}', f'--out_dir={run}', '--init_from=resume', '--max_iters=33', *FSDP)
-    assert q.returncode == 0, q.stderr[-3000:]
-    assert f'resuming from {run / "ckpt.pt"} at iter 32' in q.stdout and sorted(os.listdir(run)) == ['ckpt.dcp']
-    assert checkpoint.load(str(run / 'ckpt.dcp'))[0]['iter_num'] == 33
-
-
 RESHARD = r'''
 import os, sys
 sys.path.insert(0, os.environ['REPO'])
@@ -194,95 +158,149 @@ import torch, torch.distributed as dist
 import checkpoint, sharding
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 dist.init_process_group('gloo')
-path = os.environ['CKPT']
-ckpt, _ = checkpoint.read_meta(path) if os.path.isdir(path) else checkpoint.load(path, mmap=True)  # as train.py
-model = sharding.place(checkpoint.build_model(ckpt, path), 'cpu', 'float32', True)
-opt = model.configure_optimizers(0.0, 0.0, (0.9, 0.95), 'cpu', verbose=False)
-checkpoint.restore(ckpt, path, opt, torch.amp.GradScaler("cpu", enabled=False), sharded_model=model)
-weights, moments = get_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-if dist.get_rank() == 0:
-    torch.save({'model': weights, 'optimizer': moments}, os.environ['RESULT'])
+for i, path in enumerate(os.environ['CKPTS'].split(os.pathsep)):
+    ckpt, _ = checkpoint.read_meta(path) if os.path.isdir(path) else checkpoint.load(path, mmap=True)  # as train.py
+    model = sharding.place(checkpoint.build_model(ckpt, path), 'cpu', 'float32', True)
+    opt = model.configure_optimizers(0.0, 0.0, (0.9, 0.95), 'cpu', verbose=False)
+    checkpoint.restore(ckpt, path, opt, torch.amp.GradScaler("cpu", enabled=False), sharded_model=model)
+    weights, moments = get_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if dist.get_rank() == 0:
+        torch.save({'model': weights, 'optimizer': moments}, f"{os.environ['RESULT']}.{i}")
 dist.destroy_process_group()
 '''
 
 
-def sharded_then_gathered(path, nproc, tmp_path):
-    """A checkpoint loaded as train.py's FSDP resume loads it, at nproc processes, then gathered whole ->
-    (its state, the checkpoint's own), both flat as state() gives them."""
+def sharded_then_gathered(paths, nproc, tmp_path):
+    """Checkpoints loaded as train.py's FSDP resume loads them, at nproc processes, then gathered whole
+    (one launch for them all) -> for each, (its state, the checkpoint's own), both flat as state() gives them."""
     (tmp_path / 'reshard.py').write_text(RESHARD)
-    env = dict(os.environ, REPO=str(REPO), CKPT=str(path), RESULT=str(tmp_path / 'r.pt'), OMP_NUM_THREADS='1')
-    p = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc}',
-                        str(tmp_path / 'reshard.py')], capture_output=True, text=True, env=env, timeout=300)
-    assert (tmp_path / 'r.pt').exists(), p.stderr[-3000:]
-    got = torch.load(tmp_path / 'r.pt', weights_only=True)
-    os.remove(tmp_path / 'r.pt')
-    names = [n for g in got['optimizer']['param_groups'] for n in g['params']]  # position -> name
-    flat = {f'model.{k}': v for k, v in got['model'].items()}
-    flat.update({f'optim.{i}.{k}': v for i, n in enumerate(names) for k, v in got['optimizer']['state'][n].items()})
-    return flat, state(path)[0]
+    p = torchrun(tmp_path / 'reshard.py', nproc=nproc, env={'REPO': str(REPO), 'RESULT': str(tmp_path / 'r.pt'),
+                                                           'CKPTS': os.pathsep.join(map(str, paths))})
+    pairs = []
+    for i, path in enumerate(paths):
+        result = tmp_path / f'r.pt.{i}'
+        assert result.exists(), p.stderr[-3000:]
+        got = torch.load(result, weights_only=True)
+        names = [n for g in got['optimizer']['param_groups'] for n in g['params']]  # position -> name
+        flat = {f'model.{k}': v for k, v in got['model'].items()}
+        flat.update({f'optim.{j}.{k}': v for j, n in enumerate(names) for k, v in got['optimizer']['state'][n].items()})
+        pairs.append((flat, state(path)[0]))
+    return pairs
 
 
-def test_resume_at_another_world_size(runs, tmp_path):
-    tmp, data, _ = runs
-    # four processes take up two's shards: every weight and AdamW moment is where it was
-    assert_same(*sharded_then_gathered(tmp / 'fsdp' / 'ckpt.dcp', 4, tmp_path))
+@pytest.fixture(scope='module')
+def one_process_resume(runs, tmp_path_factory):
+    """A copy of the FSDP run resumed in one process to iter 32: its ckpt.pt replaces the shards.
+    SimpleNamespace(out, log)."""
+    out = tmp_path_factory.mktemp('resumed_in_one') / 'run'
+    shutil.copytree(runs.fsdp, out)
+    p = in_process('train.py', *TINY, f'--dataset={runs.data}', f'--out_dir={out}', '--init_from=resume',
+                   '--max_iters=32', '--lr_decay_iters=30')
+    return SimpleNamespace(out=out, log=p.out)
+
+
+@pytest.fixture(scope='module')
+def resharded(runs, one_process_resume, tmp_path_factory):
+    """FSDP's 2-process shards (dcp) and the one-process ckpt.pt (pt), taken up at 3 processes (uneven shards:
+    32 rows do not split in 3) as train.py's FSDP resume takes them up, in one launch: {'dcp': (gathered,
+    own), 'pt': (gathered, own)}."""
+    paths = [runs.fsdp / 'ckpt.dcp', one_process_resume.out / 'ckpt.pt']
+    return dict(zip(('dcp', 'pt'), sharded_then_gathered(paths, 3, tmp_path_factory.mktemp('reshard'))))
+
+
+@pytest.mark.slow
+def test_cross_format_resume_and_sample(runs, one_process_resume, resharded, tmp_path, script):
+    data = runs.data
+    # sample.py and eval.py read the sharded checkpoint, gathered into one process
+    p = script('sample.py', f'--out_dir={runs.fsdp}', '--device=cpu', '--num_samples=1', '--max_new_tokens=20')
+    assert len(p.out.split('---------------')[0].strip()) >= 20, p.out
+    # a single-process resume takes it up and writes a ckpt.pt, which replaces the stale shards
+    log, pt = one_process_resume.log, one_process_resume.out / 'ckpt.pt'
+    assert f'resuming from {pt.parent / "ckpt.dcp"} at iter 30' in log and 'fsdp True -> False' in log
+    assert sorted(os.listdir(pt.parent)) == ['ckpt.pt']
+    # and FSDP takes up that ckpt.pt, weights and AdamW state exactly
+    assert_same(*resharded['pt'])
+    # but not an optimizer state for another number of tensors (regression: an IndexError's traceback)
+    bad = tmp_path / 'bad'
+    bad.mkdir()
+    ckpt, _ = checkpoint.load(str(pt))
+    gone = ckpt['optimizer']['param_groups'][1]['params'].pop()
+    del ckpt['optimizer']['state'][gone]
+    checkpoint.save(str(bad / 'ckpt.pt'), {k: v for k, v in ckpt.items() if k != 'checksum'})
+    q = torchrun('train.py', *TINY, f'--dataset={data}', f'--out_dir={bad}', '--init_from=resume', '--max_iters=33',
+                 *FSDP)
+    assert q.returncode != 0 and 'the optimizer state does not fit the model (ValueError: it holds the state of ' \
+        '14 tensors, this model has 15)' in q.stderr, q.stderr[-3000:]
+    run = tmp_path / 'run'
+    shutil.copytree(pt.parent, run)
+    q = torchrun('train.py', *TINY, f'--dataset={data}', f'--out_dir={run}', '--init_from=resume', '--max_iters=33',
+                 *FSDP)
+    assert q.returncode == 0, q.stderr[-3000:]
+    assert f'resuming from {run / "ckpt.pt"} at iter 32' in q.stdout and sorted(os.listdir(run)) == ['ckpt.dcp']
+    assert checkpoint.load(str(run / 'ckpt.dcp'))[0]['iter_num'] == 33
+
+
+@pytest.mark.slow
+def test_resume_at_another_world_size(resharded):
+    # three processes take up two's shards: every weight and AdamW moment is where it was
+    assert_same(*resharded['dcp'])
     # train.py's resume takes this same path (the random state then starts afresh, as under DDP: test_ddp.py)
 
 
+@pytest.mark.slow
 def test_consolidate_writes_the_same_state_as_ckpt_pt(runs, tmp_path, script):
-    tmp, _, _ = runs
-    shutil.copytree(tmp / 'fsdp', tmp_path / 'run')
+    shutil.copytree(runs.fsdp, tmp_path / 'run')
     p = script('export.py', f'--out_dir={tmp_path / "run"}', '--consolidate=True')
-    assert p.code == 0 and 'wrote' in p.out and '(iter 30)' in p.out, p.err
+    assert 'wrote' in p.out and '(iter 30)' in p.out, p.out
     assert sorted(os.listdir(tmp_path / 'run')) == ['ckpt.dcp', 'ckpt.pt']
     a, ca = state(tmp_path / 'run' / 'ckpt.pt')
-    b, cb = state(tmp / 'ddp' / 'ckpt.pt')  # DDP's own file: the same keys and format
+    b, cb = state(runs.ddp / 'ckpt.pt')  # DDP's own file: the same keys and format
     assert_same(a, b, tol=1e-6)
     assert ca.keys() == cb.keys() and ca['optimizer']['param_groups'] == cb['optimizer']['param_groups']
-    p = script('export.py', f'--out_dir={tmp / "ddp"}', '--consolidate=True', check=False)
+    p = script('export.py', f'--out_dir={runs.ddp}', '--consolidate=True', check=False)
     assert_one_line_error(p, 'no sharded checkpoint')
 
 
+@pytest.mark.slow
 def test_crash_mid_save_leaves_the_previous_checkpoint(runs, tmp_path, script):
-    tmp, data, _ = runs
+    """A crash between the save's two renames (the previous folder set aside as .old, no new one) is
+    resumed from the .old folder: test_interrupted_by_sigint_then_resumed_is_the_same_run."""
+    data = runs.data
     run = tmp_path / 'run'
-    shutil.copytree(tmp / 'fsdp', run)
+    shutil.copytree(runs.fsdp, run)
     # a crash while the shards were written: a partial .tmp folder beside the whole checkpoint
     (run / 'ckpt.dcp.tmp').mkdir()
     (run / 'ckpt.dcp.tmp' / '__0_0.distcp').write_bytes(b'partial')
     p = script('sample.py', f'--out_dir={run}', '--device=cpu', '--num_samples=1', '--max_new_tokens=5')
-    assert p.code == 0, p.err
-    # a crash between the two renames: only the previous folder, set aside as .old
-    os.rename(run / 'ckpt.dcp', run / 'ckpt.dcp.old')
-    p = torchrun(f'--dataset={data}', f'--out_dir={run}', '--init_from=resume', '--max_iters=31', *FSDP)
-    assert p.returncode == 0, p.stderr[-3000:]
-    assert f'resuming from {run / "ckpt.dcp.old"} at iter 30' in p.stdout
-    assert sorted(os.listdir(run)) == ['ckpt.dcp'] and checkpoint.load(str(run / 'ckpt.dcp'))[0]['iter_num'] == 31
+    assert len(p.out.split('\n---')[0]) == 1 + 5, p.out  # the prompt '\n' and 5 characters
     # a save that fails on rank 0 alone (here: renaming the old folder aside): every process stops in one
     # line, the unfinished folder is gone and the previous checkpoint is as it was
+    shutil.rmtree(run / 'ckpt.dcp.tmp')
     (run / 'ckpt.dcp.old').write_text('in the way')
-    p = torchrun(f'--dataset={data}', f'--out_dir={run}', '--init_from=resume', '--max_iters=32', *FSDP)
+    p = torchrun('train.py', *TINY, f'--dataset={data}', f'--out_dir={run}', '--init_from=resume', '--max_iters=31',
+                 *FSDP)
     assert p.returncode != 0 and 'error: cannot write' in p.stderr and 'the previous checkpoint is unchanged' \
         in p.stderr and 'Connection closed' not in p.stderr, p.stderr[-3000:]
     assert sorted(os.listdir(run)) == ['ckpt.dcp', 'ckpt.dcp.old']
-    assert checkpoint.load(str(run / 'ckpt.dcp'))[0]['iter_num'] == 31
+    assert checkpoint.load(str(run / 'ckpt.dcp'))[0]['iter_num'] == 30
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings('ignore:torch.distributed is disabled')
 def test_broken_sharded_checkpoints_fail_in_one_line(runs, tmp_path, script):
-    tmp, data, _ = runs
+    data = runs.data
     for name, damage, text in [
             ('missing', lambda d: os.remove(d / '__1_0.distcp'), '__1_0.distcp missing or cut short'),
             ('short', lambda d: os.truncate(d / '__0_0.distcp', 100), '__0_0.distcp missing or cut short'),
             ('nometa', lambda d: os.remove(d / 'meta.pt'), 'incomplete sharded checkpoint: it has no meta.pt')]:
         run = tmp_path / name
-        shutil.copytree(tmp / 'fsdp', run)
+        shutil.copytree(runs.fsdp, run)
         damage(run / 'ckpt.dcp')
         p = script('sample.py', f'--out_dir={run}', '--device=cpu', check=False)
         assert_one_line_error(p, text)
     # shards of another model (wider) under this one's meta.pt, with sizes that match: only DCP can tell
     run = tmp_path / 'other'
-    shutil.copytree(tmp / 'fsdp', run)
+    shutil.copytree(runs.fsdp, run)
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
     from model import GPT, GPTConfig
@@ -298,7 +316,7 @@ def test_broken_sharded_checkpoints_fail_in_one_line(runs, tmp_path, script):
     p = script('sample.py', f'--out_dir={run}', '--device=cpu', check=False)
     assert_one_line_error(p, 'does not fit this model (ValueError: Size mismatch')
     # a shape setting that contradicts the checkpoint
-    p = script('train.py', *TINY, f'--dataset={data}', f'--out_dir={tmp / "fsdp"}', '--init_from=resume',
+    p = script('train.py', *TINY, f'--dataset={data}', f'--out_dir={runs.fsdp}', '--init_from=resume',
                '--n_layer=3', check=False)
     assert_one_line_error(p, 'does not match the requested model (n_layer: checkpoint 2, requested 3)')
 
@@ -315,11 +333,13 @@ def test_fsdp_setting_errors(tiny_data, tmp_path, script, monkeypatch):
     assert not (tmp_path / 'o').exists()  # a world size that does not divide: test_ddp.py, the same check
 
 
+@pytest.mark.slow
 def test_interrupted_by_sigint_then_resumed_is_the_same_run(runs, tmp_path):
     """Ctrl-C mid-run, then --init_from=resume: the checkpoint holds every process's shards and random
-    state, so the two runs together are the uninterrupted one to the bit."""
-    tmp, data, _ = runs
-    proc = torchrun(f'--dataset={data}', f'--out_dir={tmp_path / "run"}', *LONG, *FSDP, popen=True)
+    state, so the two runs together are the uninterrupted one to the bit, also when the resume finds the
+    checkpoint where a crash between a save's two renames leaves it."""
+    data = runs.data
+    proc = torchrun('train.py', *TINY, f'--dataset={data}', f'--out_dir={tmp_path / "run"}', *LONG, *FSDP, popen=True)
     for line in proc.stdout:
         if line.startswith('iter 3:'):
             break
@@ -327,11 +347,20 @@ def test_interrupted_by_sigint_then_resumed_is_the_same_run(runs, tmp_path):
     out, err = proc.communicate(timeout=120)
     stopped = int(re.search(r'stopped by SIGINT at iter (\d+)', err)[1])
     assert 3 <= stopped < 30 and 'saved sharded checkpoint' in out, err[-3000:]
-    p = torchrun(f'--dataset={data}', f'--out_dir={tmp_path / "run"}', *LONG, *FSDP, '--init_from=resume',
-                 '--activation_checkpointing=True')  # recomputing the activations changes no bit either
+    # as if the next save had then crashed between its two renames: the checkpoint set aside as .old, no
+    # new one, and a partial .tmp folder; the resume takes up .old and the leftovers go
+    run = tmp_path / 'run'
+    os.rename(run / 'ckpt.dcp', run / 'ckpt.dcp.old')
+    (run / 'ckpt.dcp.tmp').mkdir()
+    (run / 'ckpt.dcp.tmp' / '__0_0.distcp').write_bytes(b'partial')
+    # recomputing the activations changes no bit either
+    p = torchrun('train.py', *TINY, f'--dataset={data}', f'--out_dir={run}', *LONG, *FSDP,
+                 '--init_from=resume', '--activation_checkpointing=True')
     assert p.returncode == 0, p.stderr[-3000:]
-    assert f'at iter {stopped}' in p.stdout and 'random state restored for all 2 process(es)' in p.stdout
-    assert_same(state(tmp_path / 'run' / 'ckpt.dcp')[0], state(tmp / 'fsdp' / 'ckpt.dcp')[0])  # bit for bit
+    assert f'resuming from {run / "ckpt.dcp.old"} at iter {stopped}' in p.stdout, p.stdout
+    assert 'random state restored for all 2 process(es)' in p.stdout
+    assert sorted(os.listdir(run)) == ['ckpt.dcp']
+    assert_same(state(run / 'ckpt.dcp')[0], state(runs.fsdp / 'ckpt.dcp')[0])  # bit for bit
 
 
 SPY = r'''
@@ -351,9 +380,10 @@ runpy.run_path(sys.argv[0], run_name='__main__')
 '''
 
 
+@pytest.mark.slow
 def test_finetune_gpt2_weights_read_by_rank_0_alone(runs, tmp_path):
     transformers = pytest.importorskip('transformers')
-    tmp, data, _ = runs
+    data = runs.data
     cfg = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=len(chars_of(data)), n_positions=64)
     transformers.GPT2LMHeadModel(cfg).save_pretrained(tmp_path / 'hf')
     # one step at learning rate 0 (AdamW then moves no weight, its decay included): the checkpoint holds
@@ -361,11 +391,8 @@ def test_finetune_gpt2_weights_read_by_rank_0_alone(runs, tmp_path):
     args = [f'--dataset={data}', f'--init_from={tmp_path / "hf"}', '--block_size=32', '--max_iters=1',
             '--eval_interval=1', '--learning_rate=0', '--gradient_accumulation_steps=4', '--eval_iters=3']
     (tmp_path / 'spy.py').write_text(SPY)
-    env = dict(os.environ, REPO=str(REPO), READERS=str(tmp_path / 'readers'), OMP_NUM_THREADS='1',
-               PYTHONUNBUFFERED='1')
-    spied = lambda *more: subprocess.run(
-        [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', str(tmp_path / 'spy.py'),
-         *TINY, *args, *more], capture_output=True, text=True, env=env, timeout=300)
+    spied = lambda *more: torchrun(tmp_path / 'spy.py', *TINY, *args, *more,
+                                   env={'REPO': str(REPO), 'READERS': str(tmp_path / 'readers')})
     fsdp = spied(f'--out_dir={tmp_path / "fsdp"}', '--fsdp=True', '--sample_tokens=12')
     assert fsdp.returncode == 0, fsdp.stderr[-3000:]
     # rank 0 alone read the weights; rank 1 built the model on the meta device and took its shards from
@@ -418,12 +445,12 @@ def test_activation_checkpointing_without_fsdp_trains_the_same(tiny_data, tmp_pa
     assert_same(state(tmp_path / 'b' / 'ckpt.pt')[0], state(tmp_path / 'a' / 'ckpt.pt')[0])
 
 
+@pytest.mark.slow
 def test_bench_state_per_process_halves():
     """bench.py under torchrun: each FSDP process holds half of the parameters, gradients and AdamW state."""
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', str(REPO / 'bench.py'),
-           '--device=cpu', '--compile=False', '--n_layer=2', '--n_head=2', '--n_embd=64', '--block_size=32',
-           '--batch_size=2', '--vocab_size=66', '--steps=2', '--warmup=1', '--fsdp=True', '--json=True']
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS='1'))
+    p = torchrun('bench.py', '--device=cpu', '--compile=False', '--n_layer=2', '--n_head=2', '--n_embd=64',
+                 '--block_size=32', '--batch_size=2', '--vocab_size=66', '--steps=2', '--warmup=1', '--fsdp=True',
+                 '--json=True')
     assert '"state_mb"' in p.stdout, p.stderr[-3000:]
     import json
     held = json.loads(p.stdout.strip().splitlines()[-1])['state_mb']
@@ -435,13 +462,14 @@ def test_bench_state_per_process_halves():
     assert held['optimizer'] == pytest.approx(whole, rel=1e-3)
 
 
+@pytest.mark.slow
 def test_bfloat16_mixed_precision_keeps_float32_state_and_loss(runs, tmp_path):
     """dtype=bfloat16: FSDP gathers bfloat16 weights and reduces float32 gradients; the shards, AdamW's
     moments and the loss stay float32 (regression: the loss was computed from bfloat16 logits in bfloat16,
     0.01 off at step 0)."""
-    tmp, data, out = runs
-    p = torchrun(f'--dataset={data}', f'--out_dir={tmp_path / "bf16"}', *LONG, *FSDP, '--dtype=bfloat16',
-                 '--max_iters=1', '--eval_interval=1')
+    data = runs.data
+    p = torchrun('train.py', *TINY, f'--dataset={data}', f'--out_dir={tmp_path / "bf16"}', *LONG, *FSDP,
+                 '--dtype=bfloat16', '--max_iters=1', '--eval_interval=1')
     assert p.returncode == 0, p.stderr[-3000:]
     assert 'dtype bfloat16' in p.stdout
     ckpt, _ = checkpoint.load(str(tmp_path / 'bf16' / 'ckpt.dcp'))
@@ -450,4 +478,4 @@ def test_bfloat16_mixed_precision_keeps_float32_state_and_loss(runs, tmp_path):
     # the same first weights and batches as the float32 run: its step 0 and iter 1 losses, to bfloat16's error
     figures = lambda out: [float(v) for v in re.findall(r'(?:train loss|val loss|^iter 1: loss) (\d+\.\d+)',
                                                          out, re.M)][:3]
-    assert figures(p.stdout) == pytest.approx(figures(out['fsdp']), abs=2e-3)
+    assert figures(p.stdout) == pytest.approx(figures(runs.log['fsdp']), abs=2e-3)

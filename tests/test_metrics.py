@@ -21,18 +21,12 @@ def history(out_dir):
     return {k: v.tolist() for k, v in ckpt['history'].items()}
 
 
-def test_resumed_history_and_tensorboard_curves_equal_an_uninterrupted_run(tiny_data, tmp_path, script):
+def test_resumed_history_and_tensorboard_curves_equal_an_uninterrupted_run(resumed, tmp_path, script):
+    """The shared runs of conftest.py: whole (20 iterations), parts (10, resumed to 20, then resumed from its
+    checkpoint at 10 again, as if it had died after that checkpoint but had logged on to 20)."""
     event_accumulator = pytest.importorskip('tensorboard.backend.event_processing.event_accumulator')
-    run = lambda out, *a: script('train.py', *TINY, f'--dataset={tiny_data}', f'--out_dir={out}',
-                                 '--tensorboard_log=True', *a)
-    whole, parts = tmp_path / 'whole', tmp_path / 'parts'
-    run(whole, '--max_iters=20', '--lr_decay_iters=20')
-    run(parts, '--max_iters=10', '--lr_decay_iters=20')
-    shutil.copy(parts / 'ckpt.pt', tmp_path / 'ckpt10.pt')
-    run(parts, '--max_iters=20', '--lr_decay_iters=20', '--init_from=resume')
-    # as if the run had died after its checkpoint at 10 but had logged on to 20: resume from 10 again
-    shutil.copy(tmp_path / 'ckpt10.pt', parts / 'ckpt.pt')
-    p = run(parts, '--max_iters=20', '--lr_decay_iters=20', '--init_from=resume')
+    whole, parts = resumed.whole, resumed.parts
+    p = resumed.again
     assert 'resuming from' in p.out and 'at iter 10' in p.out
     a, b = history(whole), history(parts)
     for name in LOSSES:
@@ -52,7 +46,10 @@ def test_resumed_history_and_tensorboard_curves_equal_an_uninterrupted_run(tiny_
     raw = sum(1 for f in (parts / 'tensorboard').iterdir() for _ in _scalars(f, 'train/loss'))
     assert raw == 30  # 10 + 10 + 10: the purge was needed
     # a fresh start over the folder (--overwrite) drops every earlier point
-    run(parts, '--max_iters=3', '--lr_decay_iters=20', '--overwrite=True')
+    parts = tmp_path / 'parts'
+    shutil.copytree(resumed.parts, parts)  # the shared folder stays as it is
+    script('train.py', *TINY, f'--dataset={resumed.data}', f'--out_dir={parts}', '--tensorboard_log=True',
+           '--max_iters=3', '--lr_decay_iters=20', '--overwrite=True')
     events = event_accumulator.EventAccumulator(str(parts / 'tensorboard'))
     events.Reload()
     assert [e.step for e in events.Scalars('train/loss')] == [1, 2, 3]

@@ -118,6 +118,7 @@ def split_docs(path, enc):
 
 
 @needs_gpt2_bpe
+@pytest.mark.slow  # tokenizer worker processes (num_proc=2)
 def test_openwebtext_local_txt_folder(tmp_path, hf_cache):
     docs = make_docs()
     src = tmp_path / 'docs'

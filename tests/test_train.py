@@ -2,15 +2,17 @@
 non-finite losses and bad input. Run: python -m pytest -q tests/test_train.py
 
 Most runs go through the `script` fixture (train.py in this process); the ones about signals and pipes
-are real subprocesses."""
+are real subprocesses, marked slow."""
 import ast
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -89,16 +91,16 @@ def test_lr_schedule():
     assert get_lr(0, 1.0, 0, 10, 0.1) == 1.0
 
 
-def test_resume_is_bitwise_identical(tiny_data, tmp_path, train):
-    """2N iterations in one go log the same losses as N, then N more after --init_from=resume."""
-    args = ['--dropout=0.1', '--gradient_accumulation_steps=2', '--lr_decay_iters=20', '--eval_interval=5']
-    whole = train(tiny_data, tmp_path / 'a', *args, '--max_iters=20')
-    first = train(tiny_data, tmp_path / 'b', *args, '--max_iters=10')
-    second = train(tiny_data, tmp_path / 'b', *args, '--max_iters=20', '--init_from=resume')
+def test_resume_is_bitwise_identical(resumed):
+    """2N iterations in one go log the same losses as N, then N more after --init_from=resume (the shared
+    runs of conftest.py: dropout, 2 micro-steps)."""
+    second = resumed.second
     assert 'changed: max_iters 10 -> 20' in second.out
     assert 'note: random state restored for all 1 process(es)' in second.out
-    assert losses(whole.out) == losses(first.out) + losses(second.out)
-    a, b = load(tmp_path / 'a' / 'ckpt.pt'), load(tmp_path / 'b' / 'ckpt.pt')
+    assert len(losses(resumed.whole_log.out)) == 20 + 5  # every iteration; evaluations at 0, 5, 10, 15, 20
+    assert losses(resumed.whole_log.out) == losses(resumed.first.out) + losses(second.out)
+    assert losses(resumed.again.out) == losses(second.out)  # a second resume from 10 repeats the first
+    a, b = load(resumed.whole / 'ckpt.pt'), load(resumed.ckpt20)
     assert all(torch.equal(a['model'][k], b['model'][k]) for k in a['model'])
 
 
@@ -165,19 +167,33 @@ def interrupt_at(proc, prefix, *signals):
     return proc.communicate(timeout=120)
 
 
-def test_sigint_saves_the_last_completed_iteration(tiny_data, tmp_path, train):
-    proc = start_long_run(tiny_data, tmp_path / 'out')
-    out, err = interrupt_at(proc, 'iter 5:', signal.SIGINT)
-    assert proc.returncode == 130, err
-    last = int(re.findall(r'^iter (\d+):', out, re.M)[-1]) if 'iter ' in out else 5
-    assert f'stopped by SIGINT at iter {last}' in err
-    assert load(tmp_path / 'out' / 'ckpt.pt')['iter_num'] == last
+@pytest.fixture(scope='module')
+def stopped(tiny_data, tmp_path_factory):
+    """A long run (a subprocess) sent a SIGINT and at once a SIGTERM, as a launcher that passes a Ctrl-C on
+    sends them, at its 'iter 5:' line: SimpleNamespace(code, out (after that line), err, out_dir). Tests
+    that resume it work on a copy."""
+    out_dir = tmp_path_factory.mktemp('stopped') / 'out'
+    proc = start_long_run(tiny_data, out_dir)
+    out, err = interrupt_at(proc, 'iter 5:', signal.SIGINT, signal.SIGTERM)
+    return SimpleNamespace(code=proc.returncode, out=out, err=err, out_dir=out_dir)
+
+
+@pytest.mark.slow  # a subprocess
+def test_sigint_saves_the_last_completed_iteration(stopped, tiny_data, tmp_path, train):
+    """The stop (a SIGINT, followed by a SIGTERM as in test_sigterm_after_sigint_still_saves) saves the last
+    completed iteration, and a resumed run goes on from it."""
+    assert stopped.code == 130, stopped.err
+    last = int(re.findall(r'^iter (\d+):', stopped.out, re.M)[-1]) if 'iter ' in stopped.out else 5
+    assert f'stopped by SIGINT at iter {last}' in stopped.err
+    assert load(stopped.out_dir / 'ckpt.pt')['iter_num'] == last
+    shutil.copytree(stopped.out_dir, tmp_path / 'out')
     p = train(tiny_data, tmp_path / 'out', '--init_from=resume', f'--max_iters={last + 2}', '--eval_interval=1')
     assert f'iter {last + 2}: loss' in p.out
     # regression: a stop skips its evaluation to be quick, and the resumed run skipped it as well
     assert f'step {last}: train loss' in p.out
 
 
+@pytest.mark.slow  # a subprocess
 def test_sigint_keeps_the_best_checkpoint_without_always_save(tiny_data, tmp_path, train):
     """Regression: with always_save_checkpoint=False, Ctrl-C wrote the current weights over the
     best-val checkpoint. The stop's state goes to interrupted.pt, which resume reads."""
@@ -196,6 +212,7 @@ def test_sigint_keeps_the_best_checkpoint_without_always_save(tiny_data, tmp_pat
     assert not (out_dir / 'interrupted.pt').exists()  # the finished run went past it
 
 
+@pytest.mark.slow  # a subprocess
 def test_reader_quitting_early_stops_like_a_signal(tiny_data, tmp_path):
     """Regression: with stdout piped into a reader that quits early (| grep -m1 iter), the next log
     line raised BrokenPipeError: a traceback, and the iterations since the last checkpoint were lost.
@@ -215,6 +232,7 @@ def test_reader_quitting_early_stops_like_a_signal(tiny_data, tmp_path):
     assert last > 3 and load(tmp_path / 'out' / 'ckpt.pt')['iter_num'] == last
 
 
+@pytest.mark.slow  # a subprocess
 def test_kill_during_save_leaves_a_loadable_checkpoint(tiny_data, tmp_path):
     out = tmp_path / 'out'
     proc = subprocess.Popen([sys.executable, str(REPO / 'train.py'), *TINY, f'--dataset={tiny_data}',
@@ -231,9 +249,10 @@ def test_kill_during_save_leaves_a_loadable_checkpoint(tiny_data, tmp_path):
     proc.wait()
     assert killed, 'never caught a save in progress'
     ckpt, _ = checkpoint.load(str(out / 'ckpt.pt'))  # the previous checkpoint, whole: its checksum holds
-    assert ckpt['iter_num'] >= 1
+    GPT(GPTConfig(**ckpt['model_args'])).load_state_dict(ckpt['model'])  # and its weights fit the model
 
 
+@pytest.mark.slow  # a subprocess
 def test_ctrl_c_during_a_long_evaluation_stops_at_once(trained, trained_copy):
     """Regression: evaluation ran its eval_iters batches to the end before a Ctrl-C was noticed (45 s
     with no output). It checks between batches; the step is saved unevaluated."""
@@ -404,6 +423,7 @@ def test_at_most_one_host_sync_per_log_interval(tiny_data, tmp_path, train, monk
     assert len(reads) <= 2 * 4 + 2, reads
 
 
+@pytest.mark.slow  # a subprocess
 def test_single_gpu_setup_gets_past_device_selection(tiny_data, tmp_path):
     """Regression: train.py called torch.cuda.set_device('cuda'), which raises 'Expected a torch.device
     with a specified index' on every single-GPU run. CUDA is faked here (a sitecustomize shim) so the
@@ -433,24 +453,23 @@ def test_single_gpu_setup_gets_past_device_selection(tiny_data, tmp_path):
     assert 'set_device 1' in p.stderr and 'device cuda:1, dtype bfloat16' in p.stdout, p.stderr[-2000:]
 
 
-def test_wandb_offline_and_resume_continues_the_run(tiny_data, tmp_path):
+def test_wandb_offline_and_resume_continues_the_run(tiny_data, tmp_path, train, monkeypatch):
     pytest.importorskip('wandb')
-    run('train.py', *TINY, f'--dataset={tiny_data}', f'--out_dir={tmp_path / "out"}', '--wandb_log=True',
-        '--max_iters=5', cwd=tmp_path)
+    monkeypatch.chdir(tmp_path)  # wandb writes its runs to ./wandb
+    monkeypatch.setenv('WANDB_MODE', 'offline')
+    train(tiny_data, tmp_path / 'out', '--wandb_log=True', '--max_iters=5')
     run_id = load(tmp_path / 'out' / 'ckpt.pt')['wandb_run_id']
     assert run_id and list((tmp_path / 'wandb').glob(f'offline-run-*-{run_id}'))
-    run('train.py', *TINY, f'--dataset={tiny_data}', f'--out_dir={tmp_path / "out"}', '--wandb_log=True',
-        '--max_iters=8', '--init_from=resume', cwd=tmp_path)
+    train(tiny_data, tmp_path / 'out', '--wandb_log=True', '--max_iters=8', '--init_from=resume')
     assert load(tmp_path / 'out' / 'ckpt.pt')['wandb_run_id'] == run_id
 
 
-def test_sigterm_after_sigint_still_saves(tiny_data, tmp_path):
+@pytest.mark.slow  # a subprocess
+def test_sigterm_after_sigint_still_saves(stopped):
     """Regression: a SIGTERM that follows a Ctrl-C (a launcher passing the stop on) counted as a second
     Ctrl-C and killed the run without a checkpoint. Only a repeated SIGINT quits at once."""
-    proc = start_long_run(tiny_data, tmp_path / 'out')
-    out, err = interrupt_at(proc, 'iter 3:', signal.SIGINT, signal.SIGTERM)
-    assert proc.returncode == 130, err
-    assert load(tmp_path / 'out' / 'ckpt.pt')['iter_num'] >= 3
+    assert stopped.code == 130, stopped.err
+    assert load(stopped.out_dir / 'ckpt.pt')['iter_num'] >= 5
 
 
 def test_no_improvement_without_always_save_is_reported(tiny_data, tmp_path, train):
@@ -547,7 +566,9 @@ def test_the_logged_time_covers_the_devices_work(tiny_data, tmp_path, train, mon
     covered the kernel launches only. A slow sync stands in here for a GPU's queued work."""
     def slow(read):
         def sync(self):
-            if sys._getframe(1).f_code.co_filename == str(REPO / 'train.py'):
+            caller = sys._getframe(1).f_code
+            # the evaluations' reads are not timed: they need no sleep (8 of them, 2.4 s)
+            if caller.co_filename == str(REPO / 'train.py') and caller.co_name != 'estimate_loss':
                 time.sleep(0.3)
             return read(self)
         return sync
