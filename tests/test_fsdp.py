@@ -11,7 +11,7 @@ import torch
 
 import checkpoint
 import sharding
-from conftest import REPO, TINY, assert_one_line_error, chars_of, in_process, torchrun
+from conftest import DDP_RUN, REPO, TINY, assert_one_line_error, chars_of, in_process, torchrun
 
 FSDP = ['--fsdp=True', '--gradient_accumulation_steps=4', '--eval_iters=3']  # 2 micro-steps per process
 LONG = ['--max_iters=30', '--lr_decay_iters=30']  # long enough for a Ctrl-C to land before the end
@@ -40,10 +40,10 @@ def assert_same(a, b, tol=0.0):
 @pytest.fixture(scope='module')
 def runs(ddp_run, tmp_path_factory):
     """FSDP, 2 processes, 30 iterations, beside the shared DDP run of conftest.py: the same data and
-    settings (DDP_RUN there is LONG and FSDP here, less --fsdp). SimpleNamespace(data, ddp, fsdp: the two
+    settings (DDP_RUN, which are LONG and FSDP here less --fsdp). SimpleNamespace(data, ddp, fsdp: the two
     out_dirs, log: {'ddp': stdout, 'fsdp': stdout}); FSDP's checkpoint feeds the tests, which copy it."""
     fsdp = tmp_path_factory.mktemp('fsdp') / 'out'
-    p = torchrun('train.py', *TINY, f'--dataset={ddp_run.data}', f'--out_dir={fsdp}', *LONG, *FSDP)
+    p = torchrun('train.py', *TINY, *DDP_RUN, '--fsdp=True', f'--dataset={ddp_run.data}', f'--out_dir={fsdp}')
     assert p.returncode == 0, p.stderr[-3000:]
     return SimpleNamespace(data=ddp_run.data, ddp=ddp_run.out, fsdp=fsdp, log={'ddp': ddp_run.stdout, 'fsdp': p.stdout})
 
