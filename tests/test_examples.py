@@ -78,6 +78,7 @@ def test_example_runs_resume_exactly(addition2, tmp_path, script):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow  # trains until the table is learnt
 def test_a_tiny_model_learns_one_digit_addition(tmp_path, script):
     folder = tmp_path / 'add1'
     run('data/addition/prepare.py', '--digits=1', f'--out_dir={folder}')
@@ -162,6 +163,7 @@ def test_image_pipeline_prepares_trains_and_draws_a_png(tmp_path, script):
     assert not hf.exists()
 
 
+@pytest.mark.slow  # subprocesses
 def test_image_inputs_mistakes_are_one_line(tmp_path):
     empty = tmp_path / 'empty'
     empty.mkdir()
