@@ -47,7 +47,8 @@ def test_char_model_exports_round_trip(trained, tmp_path, script, bias):
     (hf_dir / 'merges.txt').write_text('#version: 0.2\n')  # regression: an earlier BPE export's files stayed
     if bias:  # a run of its own: the shared one has no biases (train.py's default)
         out, last, eval_iters = tmp_path / 'out', 3, 2
-        log = script('train.py', *TINY, f'--dataset={tiny_data}', f'--out_dir={out}', '--max_iters=3', '--bias=True').out
+        log = script('train.py', *TINY, f'--dataset={tiny_data}', f'--out_dir={out}', '--max_iters=3',
+                     '--bias=True').out
     else:  # the shared run, read only
         out, last, eval_iters, log = trained.out, 60, 5, trained.stdout
     assert torch.load(out / 'ckpt.pt', weights_only=True)['model_args']['bias'] is bias
