@@ -13,7 +13,7 @@ import torch
 from conftest import TINY, chars_of, torchrun, write_char_dataset
 from model import GPT, GPTConfig
 
-pytestmark = pytest.mark.slow  # every test here starts torchrun
+pytestmark = pytest.mark.slow  # every test here starts torchrun (but one)
 
 
 def load(path):
@@ -103,20 +103,29 @@ def test_accumulation_not_divisible_by_world_size(char_dataset, tmp_path):
     assert not (tmp_path / 'out').exists()
 
 
-def test_an_unknown_backend_is_one_line(char_dataset, tmp_path):
-    """Regression: --backend=nosuch ended in an AssertionError traceback from every process."""
-    p = torchrun('train.py', *TINY, f'--dataset={char_dataset}', f'--out_dir={tmp_path / "out"}',
-                 '--gradient_accumulation_steps=2', '--backend=nosuch')
-    assert p.returncode != 0 and 'AssertionError' not in p.stderr
-    assert p.stderr.count("error: backend='nosuch': use 'nccl', 'gloo', 'mpi' or ''") == 1, p.stderr[-3000:]
-
-
-def test_a_numbered_cuda_device_is_refused(char_dataset, tmp_path):
-    """Regression: only a bare --device=cuda was mapped to cuda:LOCAL_RANK, so --device=cuda:0 put every
-    process on the same GPU (NCCL: 'Duplicate GPU detected')."""
-    p = torchrun('train.py', *TINY, f'--dataset={char_dataset}', f'--out_dir={tmp_path / "out"}',
-                 '--gradient_accumulation_steps=2', '--device=cuda:0')
-    assert p.returncode != 0
-    msg = ('--device=cuda:0: under torchrun each process takes GPU LOCAL_RANK; use --device=cuda and choose '
-           'the GPUs with CUDA_VISIBLE_DEVICES')
-    assert p.stderr.count(msg) == 1, p.stderr[-3000:]  # printed by one process only
+@pytest.mark.parametrize('setting, msg', [
+    # regression: an AssertionError traceback from every process
+    ('--backend=nosuch', "error: backend='nosuch': use 'nccl', 'gloo', 'mpi' or ''"),
+    # regression: only a bare --device=cuda was mapped to cuda:LOCAL_RANK, so --device=cuda:0 put every
+    # process on the same GPU (NCCL: 'Duplicate GPU detected')
+    ('--device=cuda:0', "error: --device=cuda:0: under torchrun each process takes GPU LOCAL_RANK; use "
+                        "--device=cuda and choose the GPUs with CUDA_VISIBLE_DEVICES"),
+])
+def test_bad_ddp_settings_stop_every_rank_before_any_collective(char_dataset, tmp_path, script, monkeypatch,
+                                                                setting, msg):
+    """Each rank of a torchrun job (run here in this process, with the environment torchrun gives it) checks
+    these settings before it joins the others, so none waits in a collective. Rank 0 prints the line at
+    once; the others wait for torchrun to stop them (5 s, skipped here) and print it only if it does not."""
+    import configurator
+    monkeypatch.setattr(configurator.time, 'sleep', lambda s: None)
+    args = [a for a in TINY if not a.startswith('--device')]
+    for rank in (0, 1):
+        monkeypatch.setenv('RANK', str(rank))
+        monkeypatch.setenv('LOCAL_RANK', str(rank))
+        monkeypatch.setenv('WORLD_SIZE', '2')
+        p = script('train.py', *args, f'--dataset={char_dataset}', f'--out_dir={tmp_path / "out"}',
+                   '--gradient_accumulation_steps=2', setting, check=False)
+        assert p.code == 2 and 'Traceback' not in p.err, p.err
+        assert p.err.startswith(msg) and p.err.count('\n') == 1, p.err
+        assert p.err.endswith(' (rank 1)\n') == (rank == 1), p.err
+    assert not (tmp_path / 'out').exists()
