@@ -19,7 +19,7 @@ import torch
 
 import checkpoint
 import corpus
-from conftest import (REPO, TINY, TRAINED, assert_one_line_error, chars_of, overwrite_largest_tensor, run,
+from conftest import (_run_here, REPO, TINY, TRAINED, assert_one_line_error, chars_of, overwrite_largest_tensor,
                       write_char_dataset)
 from model import GPT, GPTConfig
 
@@ -423,34 +423,32 @@ def test_at_most_one_host_sync_per_log_interval(tiny_data, tmp_path, train, monk
     assert len(reads) <= 2 * 4 + 2, reads
 
 
-@pytest.mark.slow  # a subprocess
-def test_single_gpu_setup_gets_past_device_selection(tiny_data, tmp_path):
+def test_single_gpu_setup_gets_past_device_selection(tiny_data, tmp_path, monkeypatch, capsys):
     """Regression: train.py called torch.cuda.set_device('cuda'), which raises 'Expected a torch.device
-    with a specified index' on every single-GPU run. CUDA is faked here (a sitecustomize shim) so the
-    run goes through the CUDA setup path; it fails later, at the first real CUDA tensor."""
-    shim = tmp_path / 'shim'
-    shim.mkdir()
-    (shim / 'sitecustomize.py').write_text(
-        "import torch\n"
-        "from torch._utils import _get_device_index\n"
-        "torch.cuda.is_available = lambda: True\n"
-        "torch.cuda.get_device_capability = lambda *a, **k: (9, 0)\n"
-        "torch.cuda.is_bf16_supported = lambda *a, **k: True\n"
-        "torch.cuda.device_count = lambda: 2\n"
-        "import sys\n"
-        "def set_device(d):\n"
-        "    print('set_device', _get_device_index(torch.device(d) if isinstance(d, str) else d), file=sys.stderr)\n"
-        "torch.cuda.set_device = set_device\n")
+    with a specified index' on every single-GPU run. CUDA is faked here (in this process) so the run goes
+    through the CUDA setup path; it fails later, at the first real CUDA tensor."""
+    import torch
+    from torch._utils import _get_device_index
+    current = []
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda *a, **k: (9, 0))
+    monkeypatch.setattr(torch.cuda, 'is_bf16_supported', lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 2)
+    monkeypatch.setattr(torch.cuda, 'set_device', lambda d: current.append(_get_device_index(torch.device(d))))
+    precision = torch.get_float32_matmul_precision()  # the CUDA path sets TF32, for the whole process
     args = [a for a in TINY if not a.startswith(('--device', '--dtype'))]
-    p = run('train.py', *args, f'--dataset={tiny_data}', f'--out_dir={tmp_path / "out"}', '--device=cuda',
-            check=False, env={'PYTHONPATH': str(shim)})
-    assert 'specified index' not in p.stderr and 'set_device' not in p.stderr, p.stderr[-2000:]
-    assert 'device cuda, dtype bfloat16, 1 process(es)' in p.stdout, p.stderr[-2000:]
-    # regression: with --device=cuda:1 the current GPU stayed 0, so the CUDA random state was saved and
-    # restored on GPU 0 (torch.cuda.get_rng_state's default), and a context was made there
-    p = run('train.py', *args, f'--dataset={tiny_data}', f'--out_dir={tmp_path / "out"}', '--device=cuda:1',
-            check=False, env={'PYTHONPATH': str(shim)})
-    assert 'set_device 1' in p.stderr and 'device cuda:1, dtype bfloat16' in p.stdout, p.stderr[-2000:]
+    try:
+        for device in ('cuda', 'cuda:1'):
+            monkeypatch.setattr(sys, 'argv', ['train.py', *args, f'--dataset={tiny_data}',
+                                              f'--out_dir={tmp_path / "out"}', f'--device={device}'])
+            with pytest.raises((AssertionError, RuntimeError), match='CUDA|cuda'):  # no GPU behind it
+                _run_here('train.py')
+            assert f'device {device}, dtype bfloat16, 1 process(es)' in capsys.readouterr().out
+            # regression: with --device=cuda:1 the current GPU stayed 0, so the CUDA random state was saved
+            # and restored on GPU 0 (torch.cuda.get_rng_state's default), and a context was made there
+            assert current == ([] if device == 'cuda' else [1])
+    finally:
+        torch.set_float32_matmul_precision(precision)
 
 
 def test_wandb_offline_and_resume_continues_the_run(tiny_data, tmp_path, train, monkeypatch):
