@@ -97,7 +97,7 @@ def setup_device(device='auto', dtype='auto', local_rank=None, autocast=True):
     return device, device_type, dtype, ctx
 
 
-def busy_cores(interval=0.05):
+def busy_cores(interval=0.1):
     """How many cores other programs keep busy now: from /proc/stat over interval seconds (this process
     sleeps meanwhile), else the 1-minute load average (macOS); None where neither is known."""
     try:
@@ -120,7 +120,9 @@ def spare_threads(busy=None):
     if threads == 1:
         return 1
     busy = busy_cores() if busy is None else busy
-    fewer = max(1, round(cores - busy)) if busy is not None else threads
+    idle = cores - busy if busy is not None else cores
+    # a short spike of another program (a fraction of a core) leaves the default as it is
+    fewer = max(1, round(idle)) if idle < threads - 0.75 else threads
     if fewer < threads:
         torch.set_num_threads(fewer)
         if int(os.environ.get('RANK', '0')) == 0:

@@ -26,7 +26,6 @@ import loading
 import runtime
 import vocabulary
 from configurator import configure, drop_stdout, fail, oneline
-from data.images.prepare import dequantise, grid
 
 # -----------------------------------------------------------------------------
 init_from = 'resume'  # 'resume' (out_dir/ckpt.pt), a .pt file, a GPT-2 name ('gpt2' ... 'gpt2-xl') or a HF folder
@@ -84,6 +83,7 @@ if 'addition' in tokenizer.vocab:  # a+b= is answered greedily, in plain digits
     print(f"{a}+{b}={int(answer[::-1])}")
     sys.exit(0)
 if 'image' in tokenizer.vocab:
+    from data.images.prepare import dequantise, grid  # image models only: text never needs data/
     if not png:
         fail("an image model draws images, not text: give --png=PATH")
     palette, size = tokenizer.vocab['image']['palette'], tokenizer.vocab['image']['size']

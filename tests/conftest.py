@@ -137,7 +137,7 @@ def torchrun(script, *args, nproc=2, popen=False, env=None, timeout=300):
             text=True, env={**full_env, 'RANK': str(rank), 'LOCAL_RANK': str(rank), 'WORLD_SIZE': str(nproc),
                             'LOCAL_WORLD_SIZE': str(nproc), 'MASTER_ADDR': '127.0.0.1', 'MASTER_PORT': str(port)}))
     deadline, code, stopped = time.time() + timeout, 0, None
-    while any(p.poll() is None for p in procs):
+    while None in [p.poll() for p in procs]:  # every process polled, every pass
         failed = [p.returncode for p in procs if p.returncode not in (None, 0)]
         if stopped is None and (failed or time.time() > deadline):
             code, stopped = failed[0] if failed else -signal.SIGKILL, time.time()

@@ -10,9 +10,12 @@ LONG_LINES = 20  # lines over 100 characters allowed in model.py and in train.py
 
 
 def project_imports(path):
-    """[(module imported, whether at the file's top level)] of the repository's own modules in path."""
+    """[(module imported, whether outside every function and class)] of the repository's own modules in
+    path: a script may import a module under a module-level `if` (sample.py's image helpers)."""
     tree = ast.parse(path.read_text(encoding='utf-8'))
-    top = set(map(id, tree.body))
+    inner = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+             for n in ast.walk(f)}
+    top = {id(n) for n in ast.walk(tree)} - inner
     found = []
     for node in ast.walk(tree):
         names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
