@@ -100,13 +100,13 @@ def setup_device(device='auto', dtype='auto', local_rank=None, autocast=True):
 def busy_cores(interval=0.1):
     """How many cores other programs keep busy now: from /proc/stat over interval seconds (this process
     sleeps meanwhile), else the 1-minute load average (macOS); None where neither is known."""
+    def ticks():  # the CPU time spent so far: user nice system idle iowait irq softirq steal
+        with open('/proc/stat') as f:
+            return [int(t) for t in f.readline().split()[1:9]]
     try:
-        ticks = []
-        for _ in range(2):
-            with open('/proc/stat') as f:
-                ticks.append([int(t) for t in f.readline().split()[1:9]])  # user nice system idle iowait ...
-            time.sleep(interval if len(ticks) == 1 else 0)
-        spent = [b - a for a, b in zip(*ticks)]
+        before = ticks()
+        time.sleep(interval)
+        spent = [b - a for a, b in zip(before, ticks())]
         return (os.cpu_count() or 1) * (1 - (spent[3] + spent[4]) / sum(spent)) if sum(spent) else 0.0
     except (OSError, ValueError):
         return os.getloadavg()[0] if hasattr(os, 'getloadavg') else None
@@ -123,12 +123,11 @@ def spare_threads(busy=None):
     idle = cores - busy if busy is not None else cores
     # a short spike of another program (a fraction of a core) leaves the default as it is
     fewer = max(1, round(idle)) if idle < threads - 0.75 else threads
-    if fewer < threads:
+    if fewer < threads:  # (never under torchrun: setup_device leaves its processes be)
         torch.set_num_threads(fewer)
-        if int(os.environ.get('RANK', '0')) == 0:
-            print(f"note: other programs keep {busy:.1f} of the {cores} cores busy: using {fewer} thread(s), "
-                  f"not {threads}; OMP_WAIT_POLICY=PASSIVE is faster still, OMP_NUM_THREADS=N decides",
-                  file=sys.stderr)
+        print(f"note: other programs keep {busy:.1f} of the {cores} cores busy: using {fewer} thread(s), "
+              f"not {threads}; OMP_WAIT_POLICY=PASSIVE is faster still, OMP_NUM_THREADS=N decides",
+              file=sys.stderr)
     return fewer
 
 

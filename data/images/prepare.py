@@ -9,8 +9,9 @@ colours as their palette, exactly (a note says so), and the vocabulary shrinks t
 
 Each image is one example of size*size + 1 tokens: a start token (the palette's size: k, unless the images
 have fewer colours), then its pixels' palette indices; every pixel is a target (loss_from 0), so sampling
-from the start token draws whole images. meta.json holds the palette. CIFAR-10's test split becomes val.bin; a folder or an array holds out --val_fraction of its
-images (the last ones, in file-name order). Running it again gives byte-identical files.
+from the start token draws whole images. meta.json holds the palette. CIFAR-10's test split becomes
+val.bin; a folder or an array holds out --val_fraction of its images (the last ones, in file-name order).
+Running it again gives byte-identical files.
 """
 import os
 import sys
@@ -79,11 +80,10 @@ def distinct_colours(pixels):
 def kmeans(pixels, k, iters=20, seed=1337):
     """k colours that the pixels (N, 3) float32 lie close to: Lloyd's k-means in torch, started by k-means++
     (each next centre drawn with probability proportional to its squared distance from the centres so far);
-    an emptied cluster restarts at the pixels farthest from their centres. The pixels hold k colours or more."""
+    an emptied cluster restarts at the pixels farthest from their centres. The pixels hold k colours or more
+    (prepare() checks it, and keeps fewer colours as they are)."""
     g = torch.Generator().manual_seed(seed)
     x = torch.from_numpy(pixels)
-    distinct = len(torch.unique(x, dim=0))
-    assert distinct >= k, f"{distinct} distinct colours, fewer than k={k}: prepare() keeps them as they are"
     centres = [x[torch.randint(len(x), (1,), generator=g)][0]]
     d2 = ((x - centres[0]) ** 2).sum(1)
     for _ in range(k - 1):
