@@ -48,40 +48,89 @@ def split_tokens(data_dir, split, block_size, vocab=None):
              f"use --block_size={example_len - 1} (an example's inputs)")
     if example_len and (n % example_len or not n):
         fail(f"{path} has {n} tokens, not a whole number of its {example_len}-token examples; rerun prepare.py")
-    if n < block_size + 1 and not example_len:
+    if vocab and vocab.get('chat'):
+        chat_files(data_dir, split, n)
+    elif n < block_size + 1 and not example_len:
         fail(f"{path} has {n} tokens, fewer than block_size + 1 = {block_size + 1}; lower --block_size or use "
              f"more data")
     return n
 
 
-def starts(n_tokens, block_size, shape, generator, vocab=None):
+def example_starts(data_dir, split, n_tokens, vocab=None):
+    """Where the examples of a split begin (an int64 array), or None for a stream of text: every example_len-th
+    token for fixed-length examples (addition, images), {split}_starts.bin for conversations (chat.py)."""
+    vocab = vocab or {}
+    if vocab.get('example_len'):
+        return np.arange(0, n_tokens, vocab['example_len'])
+    if vocab.get('chat'):
+        return np.fromfile(os.path.join(data_dir, f'{split}_starts.bin'), dtype=np.int64)
+    return None
+
+
+def trained_mask(data_dir, split, vocab=None):
+    """A chat dataset's {split}_mask.bin, 1 where a token is trained (read lazily), else None."""
+    if not (vocab or {}).get('chat'):
+        return None
+    return np.memmap(os.path.join(data_dir, f'{split}_mask.bin'), dtype=np.uint8, mode='r')
+
+
+def starts(n_tokens, block_size, shape, generator, examples=None):
     """Random window starts of the given shape in a split of n_tokens: anywhere in a stream, at an example's
-    first token in a dataset of fixed-length examples."""
-    example_len = (vocab or {}).get('example_len')
-    if example_len:
-        return torch.randint(n_tokens // example_len, shape, generator=generator) * example_len
+    first token in a dataset of examples (example_starts)."""
+    if examples is not None:
+        return torch.from_numpy(examples[torch.randint(len(examples), shape, generator=generator).numpy()])
     return torch.randint(n_tokens - block_size, shape, generator=generator)
 
 
 def windows(data_dir, split, ix, block_size, device, vocab=None):
     """Windows of block_size + 1 tokens of split.bin starting at ix -> inputs x, targets y (len(ix), block_size).
-    In a dataset of examples (vocab's example_len) a window is one example, and its targets before the
-    vocab's loss_from are -1, which the loss ignores."""
+    Examples mask their targets: a target that is not trained is -1, which the loss ignores. A fixed-length
+    example (vocab's example_len) is a window of its own, whose targets before loss_from are not trained; a
+    conversation starts a window of block_size, which runs on into the next ones, trained where its mask says."""
     # a fresh memmap per batch: a long-lived one keeps every page it touched in memory
     return token_windows(np.memmap(os.path.join(data_dir, f'{split}.bin'), dtype=np.uint16, mode='r'), ix,
-                         block_size, device, vocab)
+                         block_size, device, vocab, trained_mask(data_dir, split, vocab))
 
 
-def token_windows(data, ix, block_size, device, vocab=None):
-    """windows() of an array of token ids."""
-    length = vocab['example_len'] - 1 if vocab and vocab.get('example_len') else block_size
-    xy = torch.from_numpy(np.stack([data[i:i + length + 1] for i in ix.tolist()]).astype(np.int64))
+def token_windows(data, ix, block_size, device, vocab=None, mask=None):
+    """windows() of an array of token ids (and of its trained mask). A window that runs past the end is padded
+    with untrained tokens."""
+    vocab = vocab or {}
+    length = vocab['example_len'] - 1 if vocab.get('example_len') else block_size
+    pad = lambda a: np.pad(a, (0, length + 1 - len(a)))  # noqa: E731
+    xy = torch.from_numpy(np.stack([pad(data[i:i + length + 1]) for i in ix.tolist()]).astype(np.int64))
     x, y = xy[:, :-1].contiguous(), xy[:, 1:].contiguous()
-    y[:, :(vocab or {}).get('loss_from', 0)] = -1
+    y[:, :vocab.get('loss_from', 0)] = -1
+    if mask is not None:
+        trained = np.stack([pad(mask[i:i + length + 1]) for i in ix.tolist()])[:, 1:]
+        y[torch.from_numpy(trained) == 0] = -1
     if device.startswith('cuda'):  # pinned memory lets the copy overlap with the GPU's work
         return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
     return x.to(device), y.to(device)
 
+
+def cut_note(examples, n_tokens, block_size, vocab):
+    """A chat dataset: how many training conversations are longer than a window, so cut; else ''."""
+    if not (vocab or {}).get('chat'):
+        return ''
+    cut = int((np.diff(np.append(examples, n_tokens)) > block_size + 1).sum())
+    return (f"{cut:,} of {len(examples):,} training conversations are longer than block_size + 1 = {block_size + 1} "
+            f"tokens: their ends are cut" if cut else '')
+
+
+def chat_files(data_dir, split, n):
+    """Check a chat dataset's mask and starts files against its n tokens -> the conversations' lengths."""
+    mask_path, starts_path = (os.path.join(data_dir, f'{split}_{kind}.bin') for kind in ('mask', 'starts'))
+    for path in (mask_path, starts_path):
+        if not os.path.isfile(path):
+            fail(f"{path} not found: a chat dataset has {split}.bin, {split}_mask.bin and {split}_starts.bin; "
+                 f"rerun data/chat/prepare.py")
+    starts = np.fromfile(starts_path, dtype=np.int64) if os.path.getsize(starts_path) % 8 == 0 else None
+    if (os.path.getsize(mask_path) != n or starts is None or not len(starts) or starts[0] != 0
+            or (np.diff(starts) <= 0).any() or starts[-1] >= n):
+        fail(f"{data_dir}: {split}_mask.bin or {split}_starts.bin does not fit {split}.bin's {n:,} tokens, so "
+             f"they are damaged or from another run: rerun data/chat/prepare.py")
+    return np.diff(np.append(starts, n))
 
 
 def prepare_dataset(data_dir, input_path):

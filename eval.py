@@ -31,7 +31,7 @@ from configurator import configure, fail
 init_from = 'resume'  # 'resume' (out_dir/ckpt.pt), a .pt file, a GPT-2 name ('gpt2' ... 'gpt2-xl') or a HF folder
 out_dir = 'out'       # where train.py wrote ckpt.pt
 vocab_path = ''       # a checkpoint without its vocabulary (nanoGPT's): the meta.json or meta.pkl to read it from
-task = 'val'          # comma list: val, train (a whole split's loss), hellaswag, wikitext, addition, history
+task = 'val'          # comma list: val, train (a whole split's loss), hellaswag, wikitext, addition, chat, history
 dataset = ''          # val/train: data/<dataset> or a folder with train.bin, val.bin; '' is the checkpoint's own
 stride = 0            # val/train/wikitext: a window every this many tokens (more context, more compute); 0: no overlap
 hellaswag_path = ''   # a local hellaswag_val.jsonl; '' downloads it once into ~/.cache/nanogpt
@@ -60,7 +60,7 @@ block_size = model.config.block_size
 if stride > block_size:
     fail(f"stride={stride} is longer than the model's block_size of {block_size}: tokens would be skipped")
 data_dir, data_vocab = None, None
-if {'val', 'train', 'addition'} & set(names):
+if {'val', 'train', 'addition', 'chat'} & set(names):
     trained_on = ckpt['config'].get('dataset') if ckpt and isinstance(ckpt.get('config'), dict) else None
     if not (dataset or trained_on):
         fail(f"--task={task} needs a dataset: give --dataset=NAME (data/NAME) or a folder with train.bin, val.bin")

@@ -31,6 +31,7 @@ import os
 
 import torch
 
+import chat
 import checkpoint
 import loading
 import vocabulary
@@ -49,7 +50,8 @@ configure(globals())
 GPT2_FILES = {'vocab.json': ('encoder.json', '196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783'),
               'merges.txt': ('vocab.bpe', '1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5')}
 GPT2_URL = 'https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/'
-TOKENIZER_FILES = ('vocab.json', 'merges.txt', 'tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json')
+TOKENIZER_FILES = ('vocab.json', 'merges.txt', 'tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json',
+                   'chat_template.jinja', 'added_tokens.json', 'generation_config.json')
 
 if not (hf_dir or weights or consolidate):
     fail("nothing to export to: give --hf_dir=FOLDER (Hugging Face transformers), --weights=FILE.pt and/or "
@@ -89,10 +91,15 @@ if weights:
 if hf_dir:
     make_dir(hf_dir, 'hf_dir')
     checkpoint.remove(hf_dir, *TOKENIZER_FILES)  # an earlier export's, which would outlive this one's
-    chars = vocab.get('chars')
-    n_vocab = len(chars) if chars else vocabulary.GPT2_VOCAB
+    chars, special = vocab.get('chars'), vocab.get('special', [])
+    n_vocab = vocabulary.vocab_size_of(vocab) or vocabulary.GPT2_VOCAB + len(special)
     eot = None if chars else vocabulary.GPT2_VOCAB - 1  # <|endoftext|> starts and ends GPT-2's texts
-    model.to_hf(n_vocab, bos_token_id=eot, eos_token_id=eot).save_pretrained(hf_dir)
+    # a chat model's answer ends with <|im_end|>: generate() and vLLM stop there, as sample.py --chat does
+    im_end = vocabulary.Tokenizer(vocab).special_id(chat.IM_END) if vocab.get('chat') else None
+    hf = model.to_hf(n_vocab, bos_token_id=eot, eos_token_id=eot if im_end is None else im_end)
+    if im_end is not None:
+        hf.generation_config.eos_token_id = [im_end] + ([eot] if eot is not None else [])
+    hf.save_pretrained(hf_dir)
     with open(os.path.join(hf_dir, 'meta.json'), 'w', encoding='utf-8') as f:
         json.dump({'vocab_size': n_vocab, **vocab}, f, ensure_ascii=False)
     if chars:  # a tokenizer of single characters, so AutoTokenizer reads the folder too
@@ -101,11 +108,11 @@ if hf_dir:
         # a character outside the vocabulary is the unknown token, id n_vocab: a single character that is
         # not a token either, so finding it in a text means the same (U+FFFD unless the vocabulary has it)
         unk = next(c for c in map(chr, (0xFFFD, *range(0xE000, 0xF900))) if c not in chars)
-        tok = Tokenizer(models.WordLevel({**{c: i for i, c in enumerate(chars)}, unk: n_vocab}, unk_token=unk))
+        tok = Tokenizer(models.WordLevel({**{c: i for i, c in enumerate(chars + special)}, unk: n_vocab},
+                                         unk_token=unk))
         tok.pre_tokenizer = pre_tokenizers.Split(Regex(r'[\s\S]'), 'isolated')  # every character alone
         tok.decoder = decoders.Fuse()
-        PreTrainedTokenizerFast(tokenizer_object=tok, unk_token=unk,
-                                model_max_length=model.config.block_size).save_pretrained(hf_dir)
+        hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token=unk, model_max_length=model.config.block_size)
     else:
         from tiktoken.load import read_file_cached
         from transformers import GPT2Tokenizer
@@ -119,7 +126,13 @@ if hf_dir:
             with open(os.path.join(hf_dir, name), 'wb') as f:
                 f.write(data)
         # read back from those two files, it writes tokenizer.json and tokenizer_config.json beside them
-        GPT2Tokenizer.from_pretrained(hf_dir, model_max_length=model.config.block_size).save_pretrained(hf_dir)
+        hf_tok = GPT2Tokenizer.from_pretrained(hf_dir, model_max_length=model.config.block_size)
+    if special:  # the chat tokens, with our ids (after the vocabulary's own), and the template that renders
+        hf_tok.add_special_tokens({'additional_special_tokens': special})  # them (transformers 5 writes
+        hf_tok.chat_template, hf_tok.eos_token = chat.TEMPLATE, chat.IM_END   # chat_template.jinja)
+        if [hf_tok.convert_tokens_to_ids(t) for t in special] != [n_vocab - len(special) + i for i in range(len(special))]:
+            fail("the exported tokenizer gives the chat tokens other ids than ours; please report this as a bug")
+    hf_tok.save_pretrained(hf_dir)
     from transformers import AutoModelForCausalLM
     loaded = AutoModelForCausalLM.from_pretrained(hf_dir).eval()
     x = torch.randint(n_vocab, (2, min(64, model.config.block_size)), generator=torch.Generator().manual_seed(0))

@@ -3,6 +3,9 @@
 import os
 import sys
 
+import torch
+
+import chat
 import checkpoint
 import corpus
 import vocabulary
@@ -70,22 +73,52 @@ def load_model(init_from, out_dir, vocab_path=''):
     return model.eval(), vocab, os.path.join(init_from, 'meta.json'), None
 
 
+def own_checkpoint(init_from):
+    """The checkpoint init_from names if it is one of ours (a .pt file, or a run's out_dir), else None."""
+    if init_from.endswith('.pt') and os.path.isfile(init_from):
+        return init_from
+    return checkpoint.find(init_from, roles=(checkpoint.CKPT,)) if os.path.isdir(init_from) else None
+
+
 def pretrained(init_from, dropout, block_size, reader=None):
-    """GPT-2 weights (a gpt2* name or a Hugging Face folder) cut to block_size -> (model, the vocabulary its
-    weights were trained on). reader: what reads them, GPT.from_pretrained's signature (FSDP's reads them
-    in rank 0 alone)."""
-    if not (init_from.startswith('gpt2') or os.path.isdir(init_from)):
-        hint = " (a .pt file from export.py is for sample.py)" if init_from.endswith('.pt') else ""
-        fail(f"init_from={init_from!r}: use 'scratch', 'resume', a gpt2* name or a Hugging Face model "
-             f"directory{hint}")
-    try:
-        model = (reader or GPT.from_pretrained)(init_from, dict(dropout=dropout))
-    except ValueError as e:
-        fail(e)
+    """Weights to start from, cut to block_size -> (model, the vocabulary its weights were trained on): GPT-2's
+    (a gpt2* name or a Hugging Face folder), or one of our checkpoints (a ckpt.pt or export.py's .pt file, or a
+    run's out_dir), of which only the weights are taken. reader: what reads GPT-2 weights, GPT.from_pretrained's
+    signature (FSDP's reads them in rank 0 alone)."""
+    ours = own_checkpoint(init_from)
+    if not (ours or init_from.startswith('gpt2') or os.path.isdir(init_from)):
+        fail(f"init_from={init_from!r}: use 'scratch', 'resume', a gpt2* name, a Hugging Face model directory, or "
+             f"one of our checkpoints (a .pt file or a run's out_dir)")
+    if ours:
+        ckpt, _ = checkpoint.load(ours, checkpoint.FOR_SAMPLING)
+        model = checkpoint.build_model(ckpt, ours, dropout=dropout)
+        vocab = checkpoint_vocab(ckpt, ours)[0]
+    else:
+        try:
+            model = (reader or GPT.from_pretrained)(init_from, dict(dropout=dropout))
+        except ValueError as e:
+            fail(e)
+        # an export holds its own vocabulary
+        vocab = vocabulary.read_vocab(init_from) if os.path.isdir(init_from) else vocabulary.GPT2
     if block_size > model.config.block_size:
         fail(f"block_size={block_size} is longer than the context of {init_from} ({model.config.block_size}); "
              f"use --block_size={model.config.block_size} or less")
     if block_size < model.config.block_size:
         model.crop_block_size(block_size)  # e.g. finetune with a shorter context than GPT-2's 1024
-    # an export holds its own vocabulary
-    return model, vocabulary.read_vocab(init_from) if os.path.isdir(init_from) else vocabulary.GPT2
+    return model, vocab
+
+
+def add_chat_tokens(model, vocab, data_vocab):
+    """A model to finetune on a chat dataset whose vocabulary is the model's plus the chat tokens -> (model with
+    rows for them, the dataset's vocabulary): GPT-2's 50257 rows grow to the padded 50304, a character model's by
+    two; the rows after the vocabulary's own start at its mean embedding. Other pairs are returned as they are."""
+    if not (chat.is_chat(data_vocab) and vocab and not chat.is_chat(vocab) and chat.with_chat(vocab) == data_vocab):
+        return model, vocab
+    old = model.transformer.wte.weight
+    first = vocabulary.vocab_size_of(vocab) or vocabulary.GPT2_VOCAB  # the first chat token's id
+    rows = vocabulary.vocab_size_of(data_vocab) or max(old.size(0), 50304)
+    with torch.no_grad():
+        weight = torch.cat([old[:first], old[:first].mean(0, keepdim=True).expand(rows - first, -1)])
+    model.transformer.wte.weight = model.lm_head.weight = torch.nn.Parameter(weight)  # tied, as GPT builds them
+    model.transformer.wte.num_embeddings = model.lm_head.out_features = model.config.vocab_size = rows
+    return model, data_vocab

@@ -69,13 +69,16 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.size()
         qkv = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head)
         q, k, v = qkv.transpose(1, 3).unbind(2)  # each (B, nh, T, hs)
+        past = kv_cache.pos if kv_cache is not None else 0
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)   # (B, nh, past + T, hs)
-        # Only a fresh sequence has T > 1 (GPT.forward checks); one new token attends to every cached
-        # one. A branch: under torch.compile T may be symbolic, and SDPA takes a bool, not a SymBool
+        # one new token attends to every cached one; several after cached ones (a chat's next turn)
+        # see the past and the new ones up to themselves. A branch: under torch.compile T may be
+        # symbolic, and SDPA takes a bool, not a SymBool
         causal = True if T > 1 else False
+        mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(past) if causal and past else None
         # flash / memory-efficient kernels on CUDA
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=causal,
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
                                            dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).reshape(B, T, C)  # heads side by side again
         return self.resid_dropout(self.c_proj(y))
@@ -171,11 +174,9 @@ class GPT(nn.Module):
     def forward(self, idx, targets=None, kv_cache=None):
         """idx (B, T) token ids -> (logits, loss). With targets (B, T): logits (B, T, V) and the mean
         cross-entropy (targets of -1 are ignored). Without: the last position's logits (B, 1, V) and
-        None. With a KVCache, idx continues the sequence the cache holds."""
+        None. With a KVCache, idx (one token or more) continues the sequence the cache holds."""
         B, T = idx.size()
         past = kv_cache.pos if kv_cache is not None else 0
-        if past and T > 1:  # checked before any layer writes into the cache
-            raise NotImplementedError("a cached forward takes a fresh prompt or one new token")
         if past + T > self.config.block_size:
             raise ValueError(f"sequence of length {past + T} is longer than "
                              f"block_size={self.config.block_size}")

@@ -207,7 +207,7 @@ def log(msg):
     """print and flush on rank 0 (a piped log shows up at once); a reader that has quit (| grep -m1)
     stops the run as a signal does, so the iterations since the last checkpoint are kept"""
     global stop_signal
-    if int(os.environ.get('RANK', '0')) != 0:
+    if not msg or int(os.environ.get('RANK', '0')) != 0:
         return
     try:
         print(msg, flush=True)

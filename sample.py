@@ -5,6 +5,7 @@ r"""Sample from a model trained with train.py, or from OpenAI's GPT-2 weights.
     python sample.py --out_dir=out-shakespeare-char --start=FILE:prompt.txt --stop='\n\n' --temperature=0
     python sample.py --out_dir=out-addition --start=23+45=       # an addition model: 23+45=68
     python sample.py --out_dir=out-images --png=samples.png      # an image model: a grid of its images
+    python sample.py --out_dir=out-chat --chat=True              # talk to a chat model (README: Chat)
 
 Samples are drawn one at a time and printed token by token as they come, or with --batch=True all at
 once (faster, printed when all are done); each is followed by a line of dashes. A sample ends early, just
@@ -24,6 +25,7 @@ import torch
 import corpus
 import loading
 import runtime
+import sampling
 import vocabulary
 from configurator import configure, drop_stdout, fail, oneline
 
@@ -44,6 +46,9 @@ dtype = 'auto'        # 'auto' (bfloat16 on GPUs that have it, float32 on CPU), 
 batch = False         # draw all num_samples at once: faster, but each is printed only when all are done
 compile = False       # torch.compile the forward (a graph for the prompt, one for the steps); slower on CPU
 png = ''              # an image model: write num_samples images, and completions of held-out ones, to this PNG
+chat = False          # talk to a chat model: a user turn per line of input (a pipe works); Ctrl-C ends an answer,
+                      # Ctrl-D (end of input) the talk; max_new_tokens is per answer
+system = ''           # with --chat: the system message that starts the conversation
 _optional = ('top_k', 'top_p')  # settings that --key=None may turn off
 _positive = ('num_samples', 'top_k')
 _non_negative = ('max_new_tokens', 'temperature')
@@ -69,6 +74,36 @@ model.to(device)
 if compile:
     model.compile()  # in place: torch.compile(model) would wrap it, and generate would call the unwrapped model
 tokenizer = vocabulary.Tokenizer(vocabulary.check_vocab(model.config.vocab_size, vocab, where))
+
+# ----------------------------------------------------------------------------- chat
+def emit(text):
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+if system and not chat:
+    fail("--system is the system message of a chat: use it with --chat=True")
+if chat:
+    if not tokenizer.vocab.get('chat'):
+        fail(f"--chat=True needs a chat model, finetuned on a chat dataset (data/chat/prepare.py); this one has "
+             f"{vocabulary.describe(tokenizer.vocab)} and no chat tokens (README: Chat)")
+    talk = sampling.Conversation(model, tokenizer, unescape(system), note=lambda t: print(t, file=sys.stderr))
+    torch.manual_seed(seed)
+    while True:
+        if sys.stdin.isatty():
+            print("> ", end='', file=sys.stderr, flush=True)
+        try:
+            line = sys.stdin.readline()
+        except KeyboardInterrupt:  # at the prompt: a fresh prompt; Ctrl-D ends
+            print(file=sys.stderr)
+            continue
+        if not line:
+            break
+        if line.strip():
+            with ctx:
+                talk.reply(line.rstrip('\n'), emit, max_new_tokens, temperature, top_k, top_p)
+            emit('\n')
+    sys.exit(0)
 
 # ----------------------------------------------------------------------------- addition and image models
 if 'addition' in tokenizer.vocab:  # a+b= is answered greedily, in plain digits
@@ -130,11 +165,6 @@ x = torch.tensor(ids, dtype=torch.long, device=device)[None, ...]  # (1, T)
 
 
 # ----------------------------------------------------------------------------- generate
-def emit(text):
-    sys.stdout.write(text)
-    sys.stdout.flush()
-
-
 def held_back(text, stop):
     """How many characters at the end of text could be the start of stop, so must wait for more."""
     return next((n for n in range(min(len(stop) - 1, len(text)), 0, -1) if text.endswith(stop[:n])), 0)

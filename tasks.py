@@ -7,26 +7,25 @@ of figures; under torchrun the processes share the work out and every one of the
                 and acc_norm (lowest mean loss per token of the ending)
     wikitext    perplexity on WikiText-2's raw test text, in the model's own tokenizer
     addition    exact-match accuracy of a model trained on data/addition on its held-out problems (val.bin)
+    chat        a chat model on its val conversations: the loss and bits per byte of the assistant's tokens,
+                and of its greedy first answers, the share that stop with <|im_end|> and that match exactly
 """
-import http.client
 import json
 import math
 import os
-import urllib.request
 
 import numpy as np
 import torch
-import torch.distributed as dist
-import torch.nn.functional as F
-from tqdm import tqdm
 
+import chat
 import corpus
+import hellaswag
+import scoring
 import vocabulary
 from configurator import fail, oneline
 
-NAMES = ('val', 'train', 'hellaswag', 'wikitext', 'addition')
-HELLASWAG_URL = 'https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl'
-CACHE = os.path.join(os.environ.get('XDG_CACHE_HOME') or os.path.expanduser('~/.cache'), 'nanogpt')
+NAMES = ('val', 'train', 'hellaswag', 'wikitext', 'addition', 'chat')
+CHAT_ANSWERS = 200  # the chat task's answers drawn
 
 
 def check_names(names, setting='task', known=NAMES):
@@ -35,33 +34,6 @@ def check_names(names, setting='task', known=NAMES):
     if not names or set(names) - set(known):
         fail(f"{setting}={','.join(names)!r}: the tasks are {', '.join(known)} (a comma list runs several)")
     return names
-
-
-def _mine(n):
-    """The items of range(n) this process takes: every world_size-th one, from its rank."""
-    return range(dist.get_rank(), n, dist.get_world_size()) if dist.is_initialized() else range(n)
-
-
-def _gathered(rows):
-    """rows, of which each process filled its own (zeros elsewhere), summed over the processes: every one
-    then holds all of them exactly, as one process alone would."""
-    if dist.is_initialized():
-        dist.all_reduce(rows)
-    return rows
-
-
-def _bar(total, desc, progress):
-    """A progress bar on rank 0's terminal (none when stderr is a file or a pipe)."""
-    off = not progress or int(os.environ.get('RANK', '0')) != 0
-    return tqdm(total=total, desc=desc, disable=True if off else None, dynamic_ncols=True, leave=False)
-
-
-def token_losses(model, x, y, ctx):
-    """The cross-entropy of every target of y (B, T) in float32, 0 where the target is -1."""
-    with ctx:
-        logits, _ = model(x, y)
-    return F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-1,
-                           reduction='none').view(y.shape)
 
 
 # ----------------------------------------------------------------------------- the loss over a split
@@ -95,17 +67,17 @@ def stream_loss(model, tokenizer, tokens, ctx, batch_size=8, stride=0, progress=
         windows = split_windows(len(tokens), T, stride or T)
     nbytes = torch.tensor(tokenizer.byte_lengths(model.config.vocab_size), dtype=torch.float64, device=device)
     sums = torch.zeros(len(windows), 3, dtype=torch.float64, device=device)  # nats, tokens, bytes
-    mine = _mine(len(windows))
-    with _bar(len(mine), desc, progress) as bar:
+    mine = scoring.mine(len(windows))
+    with scoring.bar(len(mine), desc, progress) as bar:
         for i in range(0, len(mine), batch_size):
             rows = list(mine[i:i + batch_size])
             x, y = corpus.token_windows(tokens, torch.tensor([windows[r][0] for r in rows]), T, str(device))
             first = torch.tensor([windows[r][1] for r in rows], device=device)
             counted = torch.arange(T, device=device) >= first[:, None]  # (B, T)
-            losses = token_losses(model, x, y.masked_fill(~counted, -1), ctx).double()
+            losses = scoring.token_losses(model, x, y.masked_fill(~counted, -1), ctx).double()
             sums[rows] = torch.stack([losses.sum(1), counted.sum(1).double(), (nbytes[y] * counted).sum(1)], 1)
             bar.update(len(rows))
-    nats, count, n_bytes = _gathered(sums).sum(0).tolist()
+    nats, count, n_bytes = scoring.gathered(sums).sum(0).tolist()
     return {'loss': nats / count, 'ppl': math.exp(nats / count),
             'bpb': nats / math.log(2) / n_bytes if n_bytes else None, 'tokens': int(count)}
 
@@ -118,6 +90,9 @@ def split_loss(model, tokenizer, data_dir, split, ctx, batch_size=8, stride=0, p
 
 
 # ----------------------------------------------------------------------------- WikiText
+_loaded = {}  # each task's data, read and tokenized once (train.py evaluates again and again)
+
+
 def wikitext_text(path=''):
     """The raw text of WikiText-2's test set: path (a text file) if given, else through datasets (downloaded
     once into its cache), its lines joined with blank lines as transformers' perplexity guide does."""
@@ -159,133 +134,64 @@ def prepare(names, vocab, block_size, data_dir, setting='eval_tasks'):
     tokenizer = vocabulary.Tokenizer(vocab) if names else None
     for name in names:
         if name == 'hellaswag':
-            hellaswag_data(tokenizer, block_size)
+            hellaswag.hellaswag_data(tokenizer, block_size)
         elif name == 'wikitext':
             wikitext_tokens(tokenizer, block_size)
+        elif name == 'chat' and not vocab.get('chat'):
+            fail(f"{setting}=chat is for a dataset made by data/chat/prepare.py; this one is not")
         elif name == 'addition' and 'addition' not in vocab:
             fail(f"{setting}=addition is for a dataset made by data/addition/prepare.py; this one is not")
     return names
 
 
-# ----------------------------------------------------------------------------- HellaSwag
-def hellaswag_file(path=''):
-    """path if given, else HellaSwag's validation jsonl, downloaded once into CACHE."""
-    if path:
-        if not os.path.isfile(path):
-            fail(f"hellaswag_path={path!r} is not a file; give a local copy of hellaswag_val.jsonl, or '' to "
-                 f"download it")
-        return path
-    cached = os.path.join(CACHE, 'hellaswag_val.jsonl')
-    if not os.path.isfile(cached):
-        tmp = f'{cached}.{os.getpid()}.tmp'  # each process its own: the rename makes the file whole at once
-        try:
-            os.makedirs(CACHE, exist_ok=True)
-            with urllib.request.urlopen(HELLASWAG_URL, timeout=60) as r, open(tmp, 'wb') as f, \
-                    _bar(int(r.headers.get('Content-Length') or 0), 'hellaswag download', True) as bar:
-                while chunk := r.read(1 << 20):
-                    bar.update(f.write(chunk))
-            os.replace(tmp, cached)
-        except (OSError, http.client.HTTPException) as e:  # a connection lost midway: IncompleteRead
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            fail(f"cannot download {HELLASWAG_URL} ({oneline(e)}); download it yourself and pass "
-                 f"--hellaswag_path=FILE")
-    return cached
-
-
-def read_hellaswag(path):
-    """A HellaSwag jsonl file -> [(ctx, [4 endings], label)]; a line that is not an example fails, named."""
-    try:
-        with open(path, encoding='utf-8') as f:
-            lines = f.read().splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        fail(f"cannot read {path}: {oneline(e)}")
-    examples = []
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            ex = json.loads(line)
-            ctx, endings, label = ex['ctx'], ex['endings'], ex['label']
-            label = int(label) if isinstance(label, str) and label.isdigit() else label  # datasets' copy: '2'
-            if not (isinstance(ctx, str) and ctx and isinstance(endings, list) and len(endings) == 4
-                    and all(isinstance(e, str) for e in endings) and type(label) is int and 0 <= label < 4):
-                raise ValueError("'ctx' must be a text, 'endings' 4 texts and 'label' an integer 0 to 3")
-        except (ValueError, KeyError, TypeError) as e:
-            why = f"it has no {e}" if isinstance(e, KeyError) else oneline(e)
-            fail(f"{path} line {i} is not a HellaSwag example ({why}); each line must be a JSON object "
-                 f"with 'ctx', 'endings' and 'label'")
-        examples.append((ctx, endings, label))
-    if not examples:
-        fail(f"{path} holds no HellaSwag examples")
-    return examples
-
-
-def hellaswag_tokens(tokenizer, examples, block_size, path='HellaSwag'):
-    """Each example -> (context tokens, [the tokens of ' ' + ending, for each ending]). An example the
-    vocabulary cannot write, or longer than the context, fails before any is evaluated."""
-    out = []
-    for i, (ctx, endings, _) in enumerate(examples):
-        what = f"{path} example {i + 1}"
-        tokenizer.encode(' '.join([ctx, *endings]), what)  # a character model names all it lacks at once
-        context, ends = tokenizer.encode(ctx, what), [tokenizer.encode(' ' + e, what) for e in endings]
-        longest = len(context) + max(map(len, ends)) - 1  # the last token is only a target
-        if longest > block_size:
-            fail(f"{what} needs a context of {longest} tokens, longer than the model's block_size of "
-                 f"{block_size}; evaluate a model with a longer context")
-        out.append((context, ends))
-    return out
-
-
+# ----------------------------------------------------------------------------- chat
 @torch.no_grad()
-def hellaswag_scores(model, encoded, ctx, batch_size=8, progress=True):
-    """The loss of each ending given its context -> (examples, 4, 2) float64: the total over the ending's
-    tokens and its mean per token. Each example is 4 rows (context + ending), batch_size // 4 examples to a
-    forward pass, padded at the end; the padding is not scored, and being causal the model cannot see it."""
-    device = model.lm_head.weight.device
-    per_batch = max(1, batch_size // 4)
-    scores = torch.zeros(len(encoded), 4, 2, dtype=torch.float64, device=device)
-    mine = _mine(len(encoded))
-    with _bar(len(mine), 'hellaswag', progress) as bar:
-        for i in range(0, len(mine), per_batch):
-            batch = list(mine[i:i + per_batch])
-            rows = [(encoded[b][0], end) for b in batch for end in encoded[b][1]]
-            width = max(len(c) + len(e) for c, e in rows) - 1
-            x = torch.zeros(len(rows), width, dtype=torch.long)
-            y = torch.full((len(rows), width), -1, dtype=torch.long)
-            for r, (c, e) in enumerate(rows):
-                seq = torch.tensor(c + e)
-                x[r, :len(seq) - 1] = seq[:-1]
-                y[r, len(c) - 1:len(seq) - 1] = seq[len(c):]  # only the ending's tokens are targets
-            losses = token_losses(model, x.to(device), y.to(device), ctx).double()
-            total, count = losses.sum(1), (y != -1).sum(1).to(device)
-            scores[batch] = torch.stack([total, total / count], 1).view(len(batch), 4, 2)
-            bar.update(len(batch))
-    return _gathered(scores)
-
-
-_loaded = {}  # each task's data, read and tokenized once (train.py evaluates again and again)
-
-
-def hellaswag_data(tokenizer, block_size, path=''):
-    """HellaSwag's examples, tokenized and checked -> (encoded, labels)."""
-    key = ('hellaswag', path, json.dumps(tokenizer.vocab, sort_keys=True), block_size)
-    if key not in _loaded:
-        file = hellaswag_file(path)
-        examples = read_hellaswag(file)
-        _loaded[key] = hellaswag_tokens(tokenizer, examples, block_size, file), [label for _, _, label in examples]
-    return _loaded[key]
-
-
-def hellaswag(model, tokenizer, ctx, batch_size=8, path='', progress=True):
-    """Zero-shot HellaSwag -> {'acc', 'acc_norm', 'n'}: acc picks the ending of lowest total loss,
-    acc_norm the lowest mean loss per token (build-nanogpt's convention; lm-evaluation-harness's acc_norm
-    divides by the ending's bytes instead)."""
-    encoded, labels = hellaswag_data(tokenizer, model.config.block_size, path)
-    scores = hellaswag_scores(model, encoded, ctx, batch_size, progress)
-    labels = torch.tensor(labels, device=scores.device)
-    acc, acc_norm = ((scores[:, :, k].argmin(1) == labels).double().mean().item() for k in (0, 1))
-    return {'acc': acc, 'acc_norm': acc_norm, 'n': len(labels)}
+def chat_task(model, tokenizer, data_dir, ctx, batch_size=8, progress=True, answers=CHAT_ANSWERS):
+    """A chat model on its dataset's val conversations -> {'loss', 'ppl', 'bpb', 'tokens'} over the trained
+    (assistant) tokens, each conversation in a window of its own from its start (a longer one cut at block_size),
+    and, over the first `answers` conversations, the model's greedy first answer: 'stopped', the share that end
+    with <|im_end|> within the room the context leaves, and 'exact', the share equal to the conversation's."""
+    vocab, T, device = tokenizer.vocab, model.config.block_size, model.lm_head.weight.device
+    if not vocab.get('chat'):
+        fail("--task=chat is for a chat model and its dataset (data/chat/prepare.py); this one is not")
+    n = corpus.split_tokens(data_dir, 'val', T, vocab)
+    tokens = np.memmap(os.path.join(data_dir, 'val.bin'), dtype=np.uint16, mode='r')
+    mask, starts = corpus.trained_mask(data_dir, 'val', vocab), corpus.example_starts(data_dir, 'val', n, vocab)
+    lengths = np.diff(np.append(starts, n))
+    nbytes = torch.tensor(tokenizer.byte_lengths(model.config.vocab_size), dtype=torch.float64, device=device)
+    answers = min(answers, len(starts))
+    sums = torch.zeros(len(starts) + answers, 3, dtype=torch.float64, device=device)  # nats, tokens, bytes
+    end = tokenizer.special_id(chat.IM_END)
+    mine = scoring.mine(len(starts))
+    with scoring.bar(len(mine) + answers, 'chat', progress) as bar:
+        for i in range(0, len(mine), batch_size):
+            rows = list(mine[i:i + batch_size])
+            x, y = corpus.token_windows(tokens, torch.from_numpy(starts[rows]), T, str(device), vocab, mask)
+            own = torch.arange(T, device=device) < torch.tensor(lengths[rows] - 1, device=device)[:, None]
+            y = y.masked_fill(~own, -1)  # the next conversation's targets are its own window's
+            losses = scoring.token_losses(model, x, y, ctx).double()
+            counted = y >= 0
+            sums[rows, :3] = torch.stack([losses.sum(1), counted.sum(1).double(),
+                                          (nbytes[y.clamp(min=0)] * counted).sum(1)], 1)
+            bar.update(len(rows))
+        for i in scoring.mine(answers):  # the first answer: the tokens up to its first trained one are the prompt
+            conv = np.asarray(tokens[starts[i]:starts[i] + lengths[i]], dtype=np.int64)
+            first = int(np.argmax(mask[starts[i]:starts[i] + lengths[i]]))
+            reference = conv[first:first + int(np.argmax(conv[first:] == end)) + 1].tolist()
+            out = []
+            if first < T:
+                with ctx:
+                    for token in model.generate_stream(torch.from_numpy(conv[None, :first]).to(device), T - first, 0):
+                        out.append(token.item())
+                        if out[-1] == end:
+                            break
+            sums[len(starts) + i, :2] = torch.tensor([float(end in out), float(out == reference)])
+            bar.update(1)
+    totals = scoring.gathered(sums)
+    nats, count, n_bytes = totals[:len(starts)].sum(0).tolist()
+    stopped, exact = (totals[len(starts):, :2].sum(0) / max(answers, 1)).tolist()
+    return {'loss': nats / count, 'ppl': math.exp(nats / count), 'bpb': nats / math.log(2) / n_bytes if n_bytes else None,
+            'tokens': int(count), 'stopped': stopped, 'exact': exact, 'answers': answers}
 
 
 # ----------------------------------------------------------------------------- addition
@@ -302,15 +208,15 @@ def addition(model, tokenizer, data_dir, ctx, batch_size=8, progress=True):
     problems = problems.view(-1, L)
     device = model.lm_head.weight.device
     right = torch.zeros(len(problems), dtype=torch.float64, device=device)
-    mine = _mine(len(problems))
-    with _bar(len(mine), 'addition', progress) as bar, ctx:
+    mine = scoring.mine(len(problems))
+    with scoring.bar(len(mine), 'addition', progress) as bar, ctx:
         for i in range(0, len(mine), batch_size):
             rows = list(mine[i:i + batch_size])
             batch = problems[rows].to(device)
             out = model.generate(batch[:, :prompt], L - prompt, temperature=0)
             right[rows] = (out[:, prompt:] == batch[:, prompt:]).all(1).double()
             bar.update(len(rows))
-    correct = int(_gathered(right).sum().item())
+    correct = int(scoring.gathered(right).sum().item())
     return {'acc': correct / len(problems), 'correct': correct, 'n': len(problems)}
 
 
@@ -325,7 +231,9 @@ def run(names, model, tokenizer, ctx, data_dir=None, batch_size=8, stride=0, hel
     model.eval()
     for name in names:
         if name == 'hellaswag':
-            out[name] = hellaswag(model, tokenizer, ctx, batch_size, hellaswag_path, progress)
+            out[name] = hellaswag.hellaswag(model, tokenizer, ctx, batch_size, hellaswag_path, progress)
+        elif name == 'chat':
+            out[name] = chat_task(model, tokenizer, data_dir, ctx, batch_size, progress)
         elif name == 'addition':
             out[name] = addition(model, tokenizer, data_dir, ctx, batch_size, progress)
         elif name == 'wikitext':
@@ -340,6 +248,10 @@ def summary(name, figures):
     """One line of a task's figures, as eval.py prints them."""
     if name == 'addition':
         return f"addition: accuracy {figures['acc']:.4f} ({figures['correct']}/{figures['n']})"
+    if name == 'chat':
+        return (f"chat: loss {figures['loss']:.4f} nats/token on {figures['tokens']:,} answer tokens, bpb "
+                f"{figures['bpb']:.4f}; of {figures['answers']} answers {figures['stopped']:.1%} stop, "
+                f"{figures['exact']:.1%} exact")
     if name == 'hellaswag':
         return f"hellaswag: acc {figures['acc']:.4f}, acc_norm {figures['acc_norm']:.4f} ({figures['n']} examples)"
     bpb = f", bpb {figures['bpb']:.4f}" if figures['bpb'] is not None else ''

@@ -14,8 +14,9 @@ GPT2_VOCAB = 50257  # GPT-2's BPE tokens; its models pad the embedding to 50304
 
 GPT2 = {'encoding': 'gpt2'}  # the tokenizer of GPT-2's weights and of the BPE datasets
 # what a vocabulary may declare besides its tokens: fixed-length examples (example_len tokens, whose targets
-# count from position loss_from on), and what the examples are, for sample.py and eval.py
-EXAMPLES = ('example_len', 'loss_from', 'addition')
+# count from position loss_from on), what the examples are, for sample.py and eval.py; special tokens after
+# the others (chat's <|im_start|> and <|im_end|>), and 'chat': a dataset of conversations (chat.py)
+EXAMPLES = ('example_len', 'loss_from', 'addition', 'special', 'chat')
 
 
 def vocab_file(folder):
@@ -55,6 +56,10 @@ def read_vocab(folder):
             if chars is not None and not (isinstance(chars, list) and chars and len(set(chars)) == len(chars)
                                           and all(isinstance(c, str) and len(c) == 1 for c in chars)):
                 raise ValueError("'chars' must list distinct single characters")
+            special = vocab.get('special', [])
+            if not (isinstance(special, list) and all(isinstance(t, str) and len(t) > 1 for t in special)
+                    and len(set(special)) == len(special)):
+                raise ValueError("'special' must list distinct tokens of more than one character")
             if kind == 'encoding' and vocab['encoding'] != 'gpt2':
                 raise ValueError(f"encoding {vocab['encoding']!r}: only 'gpt2' is known")
             return vocab
@@ -69,16 +74,18 @@ def read_vocab(folder):
 
 
 def vocab_size_of(vocab):
-    """The number of tokens of a character or image vocabulary (None for a BPE: the model decides)."""
+    """The number of tokens of a character or image vocabulary, special tokens included (None for a BPE:
+    the model decides)."""
     if 'chars' in vocab:
-        return len(vocab['chars'])
+        return len(vocab['chars']) + len(vocab.get('special', []))
     return len(vocab['image']['palette']) + 1 if 'image' in vocab else None  # the colours, then a start token
 
 
 def describe(vocab):
     if 'image' in vocab:
         return f"{len(vocab['image']['palette'])} colours"
-    return f"{len(vocab['chars'])} characters" if 'chars' in vocab else f"the {vocab['encoding']} BPE"
+    text = f"{len(vocab['chars'])} characters" if 'chars' in vocab else f"the {vocab['encoding']} BPE"
+    return text + (f" and {len(vocab['special'])} special tokens" if vocab.get('special') else '')
 
 
 def check_vocab(vocab_size, vocab, where, data_vocab=None):
@@ -91,7 +98,7 @@ def check_vocab(vocab_size, vocab, where, data_vocab=None):
              + (f", with {' '.join(map(repr, extra[:10]))} that the model lacks" if extra else "")
              + "): pick the dataset the model was trained on, or train a new model on this one")
     vocab = vocab or data_vocab
-    n = (vocab and vocab_size_of(vocab)) or GPT2_VOCAB
+    n = (vocab and vocab_size_of(vocab)) or GPT2_VOCAB + len((vocab or {}).get('special', []))
     if vocab and 'encoding' not in vocab and n != vocab_size:
         fail(f"{where} has {n} tokens but the model has {vocab_size}: the model was not trained on this "
              f"dataset; pick the one it was trained on")
@@ -110,14 +117,31 @@ class Tokenizer:
         if 'image' in vocab:
             self.start = len(vocab['image']['palette'])  # the token each image begins with
             return
+        self.special = vocab.get('special', [])  # ids after the other tokens', in this order
         if 'chars' in vocab:
-            self.chars, self.stoi = vocab['chars'], {c: i for i, c in enumerate(vocab['chars'])}
+            self.chars = vocab['chars'] + self.special
+            self.stoi = {c: i for i, c in enumerate(vocab['chars'])}  # text never holds a special token
             return
         try:
-            self.enc = tiktoken.get_encoding(vocab['encoding'])
+            enc = tiktoken.get_encoding(vocab['encoding'])
         except Exception as e:  # offline without a cache it fails with whatever the download raised
             fail(f"cannot load tiktoken's {vocab['encoding']} encoding ({oneline(e)}); offline, point "
                  f"TIKTOKEN_CACHE_DIR at a folder holding its cached files")
+        # tiktoken's own way to extend an encoding: the same merges, more special tokens (ids 50257, ...)
+        self.enc = enc if not self.special else tiktoken.Encoding(
+            name=f"{enc.name}_chat", pat_str=enc._pat_str, mergeable_ranks=enc._mergeable_ranks,
+            special_tokens={**enc._special_tokens, **{t: enc.n_vocab + i for i, t in enumerate(self.special)}})
+
+    def special_id(self, token):
+        return (len(self.vocab['chars']) if 'chars' in self.vocab else GPT2_VOCAB) + self.special.index(token)
+
+    def encode_text(self, text):
+        """Text as ordinary tokens only: a special token's name in it (a user who types <|im_end|>) is text.
+        None if a character model lacks some of its characters."""
+        if 'chars' not in self.vocab:
+            return self.enc.encode_ordinary(text)
+        ids = [self.stoi.get(c) for c in text]
+        return None if None in ids else ids
 
     def encode(self, text, what='the prompt'):
         if 'image' in self.vocab:
@@ -144,7 +168,7 @@ class Tokenizer:
         if 'image' in self.vocab:
             return [0] * n
         if 'chars' in self.vocab:
-            return [len(c.encode()) for c in self.chars] + [0] * (n - len(self.chars))
+            return [len(c.encode()) for c in self.vocab['chars']] + [0] * (n - len(self.vocab['chars']))
         special = {self.enc.encode_single_token(t) for t in self.enc.special_tokens_set}
         return [0 if i in special or i >= self.enc.n_vocab else len(self.enc.decode_single_token_bytes(i))
                 for i in range(n)]

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import checkpoint
+import hellaswag
 import tasks
 from conftest import assert_one_line_error, chars_of, needs_gpt2_bpe, torchrun
 
@@ -138,9 +139,9 @@ def test_hellaswag_scores_equal_transformers(tmp_path, script):
     from model import GPT
     model = GPT.from_pretrained(str(tmp_path / 'hf')).eval()
     tokenizer = vocabulary.Tokenizer(vocabulary.GPT2)
-    encoded = tasks.hellaswag_tokens(tokenizer, tasks.read_hellaswag(str(path)), 64)
+    encoded = hellaswag.hellaswag_tokens(tokenizer, hellaswag.read_hellaswag(str(path)), 64)
     for batch_size in (4, 12):  # one example to a forward, and three (padded)
-        scores = tasks.hellaswag_scores(model, encoded, torch.autocast('cpu', enabled=False), batch_size, False)
+        scores = hellaswag.hellaswag_scores(model, encoded, torch.autocast('cpu', enabled=False), batch_size, False)
         assert (scores - expected).abs().max().item() < 1e-5
         assert torch.equal(scores.argmin(1), expected.argmin(1))  # the same choices, both ways
     acc, acc_norm = ((expected[:, :, k].argmin(1) == labels).double().mean().item() for k in (0, 1))

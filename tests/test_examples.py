@@ -57,8 +57,10 @@ def test_addition_problems_are_all_there_disjoint_and_written_backwards(addition
 def test_batches_start_at_examples_and_mask_the_problem(addition2):
     vocab = vocabulary.read_vocab(addition2)
     n = corpus.split_tokens(str(addition2), 'train', 8, vocab)
-    ix = corpus.starts(n, 8, (64,), torch.Generator().manual_seed(0), vocab)
+    ix = corpus.starts(n, 8, (64,), torch.Generator().manual_seed(0), corpus.example_starts(str(addition2), 'train', n, vocab))
     assert (ix % 9 == 0).all() and len(set(ix.tolist())) > 50
+    # the draws of before examples were starts of their own: the same batches, so the same results
+    assert torch.equal(ix, torch.randint(n // 9, (64,), generator=torch.Generator().manual_seed(0)) * 9)
     x, y = corpus.windows(str(addition2), 'train', ix, 8, 'cpu', vocab)
     data = torch.from_numpy(np.fromfile(addition2 / 'train.bin', dtype=np.uint16).astype(np.int64)).view(-1, 9)
     rows = data[ix // 9]

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import checkpoint
+import hellaswag
 from conftest import TINY, assert_one_line_error
 
 LOSSES = ('train/loss', 'eval/train_loss', 'eval/val_loss', 'lr', 'grad_norm')  # what repeats exactly
@@ -75,9 +76,8 @@ def test_an_eval_task_that_cannot_run_stops_the_run_before_it_trains(trained_cop
                                                                       monkeypatch):
     """Regression: a resumed run found out at its first evaluation, eval_interval iterations later, and lost
     them."""
-    import tasks
-    monkeypatch.setattr(tasks, 'CACHE', str(tmp_path / 'cache'))
-    monkeypatch.setattr(tasks.urllib.request, 'urlopen', lambda *a, **k: (_ for _ in ()).throw(OSError('offline')))
+    monkeypatch.setattr(hellaswag, 'CACHE', str(tmp_path / 'cache'))
+    monkeypatch.setattr(hellaswag.urllib.request, 'urlopen', lambda *a, **k: (_ for _ in ()).throw(OSError('offline')))
     before = (trained_copy / 'ckpt.pt').read_bytes()
     p = script('train.py', *TINY, f'--dataset={tiny_data}', f'--out_dir={trained_copy}', '--init_from=resume',
                '--max_iters=100', '--eval_tasks=hellaswag', check=False)

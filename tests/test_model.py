@@ -208,18 +208,19 @@ def test_from_pretrained_overrides_and_errors(tmp_path):
         GPT.from_pretrained(str(tmp_path / 'nowhere'))
 
 
-def test_rejected_cached_call_leaves_the_cache_untouched():
-    """Regression: a cached forward of T > 1 tokens on a non-empty cache raised only after it had
-    written its keys and values into the cache."""
-    model = tiny_model()
+def test_cached_continuation_of_several_tokens_equals_the_full_forward():
+    """A chat's next turn: several tokens after cached ones see the past and the new tokens up to
+    themselves, so its logits equal a fresh forward of the whole sequence."""
+    model = tiny_model().eval()
+    seq = torch.randint(0, 65, (1, 12), generator=torch.Generator().manual_seed(0))
     cache = KVCache(model.config)
-    model(torch.randint(0, 65, (1, 5)), kv_cache=cache)
-    before = (cache.k.clone(), cache.v.clone())
-    with pytest.raises(NotImplementedError):
-        model(torch.randint(0, 65, (1, 3)), kv_cache=cache)
-    # bit for bit: the unfilled part of the cache is uninitialized memory, which may hold NaN patterns
-    bits = lambda t: t.view(torch.int32)
-    assert cache.pos == 5 and all(torch.equal(bits(a), bits(b)) for a, b in zip((cache.k, cache.v), before))
+    with torch.no_grad():
+        model(seq[:, :5], kv_cache=cache)
+        model(seq[:, 5:9], kv_cache=cache)  # 4 tokens on a cache of 5
+        cached = model(seq[:, 9:10], kv_cache=cache)[0]
+        full = model(seq[:, :10])[0]
+    assert cache.pos == 10
+    assert torch.allclose(cached, full, atol=1e-5)
 
 
 def test_model_compiles_as_one_graph():
