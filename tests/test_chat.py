@@ -212,3 +212,48 @@ def test_chat_and_plain_models_and_datasets_do_not_mix(trained, sft, chat_data, 
     p = script('train.py', *TINY, f'--init_from={sft.out}', f'--dataset={tiny_data}', f'--out_dir={tmp_path}',
                check=False)
     assert_one_line_error(p, "the model's vocabulary (33 characters and 2 special tokens) is not the dataset's (33 characters in")
+
+
+def hf_ids(hf_dir, messages):
+    from transformers import AutoTokenizer
+    ids = AutoTokenizer.from_pretrained(str(hf_dir)).apply_chat_template(messages, add_generation_prompt=True)
+    return list(ids['input_ids'] if isinstance(ids, dict) or hasattr(ids, 'keys') else ids)
+
+
+@pytest.mark.slow
+def test_an_exported_chat_model_keeps_its_template_tokens_and_answers(sft, tmp_path, script, monkeypatch):
+    """transformers reads the export's chat template to exactly our renderer's ids, stops at <|im_end|>, and
+    its pipeline answers greedily as sample.py --chat does."""
+    script('export.py', f'--out_dir={sft.out}', f'--hf_dir={tmp_path / "hf"}')
+    assert (tmp_path / 'hf' / 'chat_template.jinja').read_text() == chat.TEMPLATE
+    vocab = vocabulary.read_vocab(tmp_path / 'hf')
+    messages = [SYSTEM] + conversation(*QA[0])['messages'] + [{'role': 'user', 'content': 'die?'}]
+    assert hf_ids(tmp_path / 'hf', messages) == chat.render(vocabulary.Tokenizer(vocab), messages, True)[0]
+    generation = json.loads((tmp_path / 'hf' / 'generation_config.json').read_text())
+    assert generation['eos_token_id'] == [len(vocab['chars']) + 1]  # <|im_end|>; characters have no <|endoftext|>
+    from transformers import pipeline
+    pipe = pipeline('text-generation', model=str(tmp_path / 'hf'))
+    for question, answer in QA:
+        out = pipe([{'role': 'user', 'content': question}], max_new_tokens=20, do_sample=False)
+        assert out[0]['generated_text'][-1] == {'role': 'assistant', 'content': answer}
+    monkeypatch.setattr(sys, 'stdin', io.StringIO(''.join(q + '\n' for q, _ in QA)))
+    p = script('sample.py', f'--init_from={tmp_path / "hf"}', '--chat=True', '--temperature=0')
+    assert p.out == ''.join(a + '\n' for _, a in QA)
+
+
+@needs_gpt2_bpe
+@pytest.mark.slow
+def test_a_bpe_chat_export_renders_as_we_do(tmp_path, script):
+    """GPT-2 BPE: <|im_start|> and <|im_end|> keep ids 50257 and 50258 in the export, and the chat template
+    gives our renderer's ids; generate() stops at <|im_end|> or <|endoftext|>."""
+    rows = [conversation("What is 2 + 2?", " It is 4."), conversation("Hello there!", "Hi, how can I help?")] * 3
+    (tmp_path / 'talk.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
+    prepare_chat(input_path=str(tmp_path / 'talk.jsonl'), val_fraction=0.34, out_dir=str(tmp_path / 'data'))
+    script('train.py', *TINY, f'--dataset={tmp_path / "data"}', f'--out_dir={tmp_path / "out"}', '--max_iters=1',
+           '--eval_interval=1', '--block_size=16')
+    script('export.py', f'--out_dir={tmp_path / "out"}', f'--hf_dir={tmp_path / "hf"}')
+    messages = [SYSTEM, *rows[0]['messages'], {'role': 'user', 'content': 'And 3 + 3?'}]
+    tokenizer = vocabulary.Tokenizer(chat.with_chat(vocabulary.GPT2))
+    assert hf_ids(tmp_path / 'hf', messages) == chat.render(tokenizer, messages, True)[0]
+    generation = json.loads((tmp_path / 'hf' / 'generation_config.json').read_text())
+    assert generation['eos_token_id'] == [50258, 50256]

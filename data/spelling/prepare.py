@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'
 from data.chat.prepare import prepare as prepare_chat  # noqa: E402
 from data.shakespeare_char.prepare import main, write_atomic  # noqa: E402
 
-QUESTIONS = ("spell {}", "How do you spell {}?", "Spell the word {}, please.", "{}: spell it.")
+QUESTIONS = ("spell {}", "How do you spell {}?", "{}: spell it.", "Spell {}.")  # each fits the block of 64
 HELD_OUT = 0.1
 
 
