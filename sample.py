@@ -99,10 +99,14 @@ if chat:
             continue
         if not line:
             break
-        if line.strip():
-            with ctx:
-                talk.reply(line.rstrip('\n'), emit, max_new_tokens, temperature, top_k, top_p)
-            emit('\n')
+        try:
+            if line.strip():
+                with ctx:
+                    talk.reply(line.rstrip('\n'), emit, max_new_tokens, temperature, top_k, top_p)
+                emit('\n')
+        except BrokenPipeError:  # the reader left (| head): stop quietly, as below
+            drop_stdout()
+            sys.exit(141)
     sys.exit(0)
 
 # ----------------------------------------------------------------------------- addition and image models

@@ -28,8 +28,8 @@ def sample_text(model, vocab, n, ctx, seed):
 class Conversation:
     """A chat with a chat model (a vocabulary with chat.SPECIAL), one turn at a time. The KV cache is kept
     between turns, so a new turn prefills only the tokens the cache does not hold yet (reuse=False re-reads
-    the whole history, to compare). When the history no longer fits block_size, its oldest turns are dropped
-    (a system message stays). Notes for the person go to note()."""
+    the whole history, to compare). Where the history leaves less than max_new_tokens (at most a quarter of the
+    context) for the answer, its oldest turns are dropped (a system message stays). Notes go to note()."""
 
     def __init__(self, model, tokenizer, system='', note=print, reuse=True):
         self.model, self.tokenizer, self.note, self.reuse = model, tokenizer, note, reuse
@@ -37,10 +37,12 @@ class Conversation:
         self.cache, self.cached = KVCache(model.config), []  # the cache, and the ids it holds
         self.end = tokenizer.special_id(chat.IM_END)
 
-    def _prompt(self, text):
-        """The rendered history with the new user turn and the assistant's header, within block_size less room
-        for one token of answer, dropping the oldest turns; None if the new turn alone does not fit."""
+    def _prompt(self, text, room):
+        """The rendered history with the new user turn and the assistant's header, leaving room tokens of the
+        context for the answer: the oldest turns (a user's message and its answer) are dropped until it fits.
+        None if the new message alone does not fit."""
         messages = self.messages + [{'role': 'user', 'content': text}]
+        first = 1 if messages[0]['role'] == 'system' else 0
         dropped = 0
         while True:
             try:
@@ -48,18 +50,17 @@ class Conversation:
             except ValueError as e:  # characters a character model lacks
                 self.note(f"{e}; say it another way")
                 return None
-            if len(ids) < self.model.config.block_size:
+            if len(ids) + room <= self.model.config.block_size:
                 break
-            first = 1 if messages[0]['role'] == 'system' else 0
             if len(messages) - first <= 1:
-                self.note(f"this message is {len(ids):,} tokens with the chat's headers, more than the model's "
-                          f"context of {self.model.config.block_size} allows; say it in fewer words")
+                self.note(f"this message is {len(ids):,} tokens with the chat's headers, and the model's context of "
+                          f"{self.model.config.block_size} needs room for an answer too; say it in fewer words")
                 return None
-            del messages[first]  # the oldest turn (the user's, then the assistant's answer to it)
+            del messages[first:first + 2]  # the oldest turn: a user's message and the answer to it
             dropped += 1
         if dropped:
-            self.note(f"(the history is longer than the context of {self.model.config.block_size} tokens: "
-                      f"its {dropped} oldest messages are dropped)")
+            self.note(f"(the conversation is longer than the context of {self.model.config.block_size} tokens: "
+                      f"its {dropped} oldest turn(s) are dropped)")
         self.messages = messages
         return ids
 
@@ -68,7 +69,7 @@ class Conversation:
         """Answer a user's message, passing the answer's text to emit() piece by piece as it is drawn. It ends
         at <|im_end|>, at max_new_tokens or where the context is full (with a note), or at Ctrl-C
         (KeyboardInterrupt), and goes into the history as far as it got. -> the answer's token ids."""
-        ids = self._prompt(text)
+        ids = self._prompt(text, room=min(max_new_tokens, self.model.config.block_size // 4))
         if ids is None:
             return []
         same = 0  # the cache keeps the longest prefix it shares with the new history

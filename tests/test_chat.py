@@ -164,8 +164,8 @@ def test_the_cache_is_kept_between_turns(chars):
 def test_a_too_long_chat_turn_drops_old_turns_with_a_note(sft, script, monkeypatch):
     monkeypatch.setattr(sys, 'stdin', io.StringIO('speak\nhi\n' + 'a' * 40 + '\nwho?\n'))
     p = script('sample.py', f'--out_dir={sft.out}', '--chat=True', '--temperature=0', '--max_new_tokens=20')
-    assert 'oldest messages are dropped' in p.err
-    assert 'more than the model\'s context of 32 allows' in p.err
+    assert '(the conversation is longer than the context of 32 tokens: its 1 oldest turn(s) are dropped)' in p.err
+    assert "and the model's context of 32 needs room for an answer too; say it in fewer words" in p.err
     assert p.out.splitlines()[0] == 'hear me' and p.out.splitlines()[-1] == 'all'
 
 
