@@ -6,6 +6,7 @@
     python bench.py --profile=True                    # torch.profiler trace of the timed steps in out-bench/
     python bench.py --mode=sample --batch_size=1      # generation tokens/s, KV cache vs full recompute
     python bench.py --mode=sample --batch_size=1 --device=cpu --steps=1   # the same in about a minute on a CPU
+    python bench.py --mode=chat --device=cpu --steps=3 --max_new_tokens=32   # a chat's turn 5: cache kept or not
     python bench.py --json=True                       # also one JSON object on stdout's last line
     torchrun --standalone --nproc_per_node=2 bench.py --fsdp=True   # DDP, or with --fsdp=True FSDP, per process
 
@@ -25,8 +26,10 @@ from json import dumps
 import numpy as np
 import torch
 
+import chat
 import corpus
 import runtime
+import sampling
 import sharding
 import vocabulary
 from configurator import configure, fail, make_dir
@@ -34,7 +37,7 @@ from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
 # what to time
-mode = 'train'  # 'train': forward + backward + step; 'sample': generate, cached vs uncached
+mode = 'train'  # 'train': forward + backward + step; 'sample': generate, cached vs uncached; 'chat': turn 5
 steps = 20 # timed steps (train) or timed generate calls per variant (sample)
 warmup = 10 # untimed steps first (train): compilation, allocator and caches settle
 max_new_tokens = 200 # sample mode: tokens generated per call, from a one-token prompt
@@ -73,8 +76,8 @@ _non_negative = ('warmup', 'grad_clip', 'num_threads', 'peak_flops')
 config, given = configure(globals())
 # -----------------------------------------------------------------------------
 SIZES = ('batch_size', 'block_size', 'n_layer', 'n_head', 'n_embd', 'vocab_size')
-if mode not in ('train', 'sample'):
-    fail(f"mode={mode!r}: use 'train' or 'sample'")
+if mode not in ('train', 'sample', 'chat'):
+    fail(f"mode={mode!r}: use 'train', 'sample' or 'chat'")
 if profile:
     make_dir(profile_dir, 'profile_dir')
 ddp, rank, local_rank, world_size = runtime.ranks()  # launched by torchrun
@@ -86,7 +89,7 @@ if ddp:
     runtime.init_distributed('', device_type)
 if rank:  # one process reports
     sys.stdout = open(os.devnull, 'w')
-if device_type == 'cpu' and not any(k in given for k in SIZES):
+if device_type == 'cpu' and mode != 'chat' and not any(k in given for k in SIZES):  # chat: one row
     fail("bench.py's defaults are GPT-2 124M at batch 12 x 1024, a GPU's size (~15 GB and minutes a step on a "
          "CPU); on a CPU run  python bench.py config/bench_cpu_tiny.py, or give the sizes (--batch_size, ...)")
 if num_threads > 0:
@@ -175,6 +178,31 @@ if mode == 'sample':
     result['max_new_tokens'] = max_new_tokens
     result['cache_speedup'] = result['cached']['tokens_per_s'] / result['uncached']['tokens_per_s']
     print(f"KV cache speedup: {result['cache_speedup']:.2f}x")
+elif mode == 'chat':
+    # ------------------------------------------------------------------------ a chat's fifth turn
+    # the time to its first token, the KV cache kept between turns (sample.py --chat) against re-reading the
+    # history; GPT-2 BPE with the chat tokens, greedy answers of max_new_tokens (random weights do not stop)
+    if vocab_size < vocabulary.GPT2_VOCAB + len(chat.SPECIAL):
+        fail(f"mode=chat: vocab_size={vocab_size} has no rows for GPT-2's BPE and the chat tokens; use 50304")
+    model.to(device).eval()
+    tokenizer = vocabulary.Tokenizer(chat.with_chat(vocabulary.GPT2))
+    question = "Tell me about the history of this city and its people, in a few sentences, with dates."
+    times = {True: [], False: []}
+    for _ in range(steps):  # interleaved, so a change in machine load hits both alike
+        for reuse in (True, False):
+            talk = sampling.Conversation(model, tokenizer, reuse=reuse, note=lambda text: None)
+            for turn in range(5):
+                t0, first = time.perf_counter(), []
+                with ctx:  # the first piece comes after the token's .item(): the device is done with it
+                    talk.reply(question, lambda text: first or first.append(time.perf_counter() - t0),
+                               max_new_tokens, temperature=0)
+            times[reuse].append(first[0])
+    for reuse, name in ((True, 'cached'), (False, 're-read')):
+        result[name] = summary(times[reuse])
+        print(f"{name:>8}: turn 5's first token after {result[name]['ms_median']:.1f} ms (history "
+              f"{len(talk.cached)} tokens)")
+    result['cache_speedup'] = result['re-read']['ms_median'] / result['cached']['ms_median']
+    print(f"KV cache kept between turns: {result['cache_speedup']:.2f}x sooner")
 else:
     # ------------------------------------------------------------------------ training step
     compile = runtime.use_compile(compile, device_type)

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import assert_one_line_error, chars_of
+from conftest import assert_one_line_error, chars_of, needs_gpt2_bpe
 
 TINY_BENCH = ['--device=cpu', '--compile=False', '--dtype=float32', '--n_layer=2', '--n_head=2', '--n_embd=32',
               '--block_size=32', '--batch_size=2', '--steps=3', '--warmup=1', '--json=True']
@@ -93,3 +93,13 @@ def test_bad_input_is_one_line(bench, tmp_path):
                              f"meta.json, which is not at {bpe / 'meta.json'}")
     p = bench(*TINY_BENCH, '--real_data=True', '--dataset=no_such_set', check=False)
     assert_one_line_error(p, "no dataset 'no_such_set': data/ has ")
+
+
+@needs_gpt2_bpe
+def test_chat_mode_times_turn_five_with_and_without_the_cache(bench):
+    p = bench(*TINY_BENCH, '--mode=chat', '--block_size=512', '--max_new_tokens=4', '--steps=1')
+    histories = {line.split('(history ')[1] for line in p.out.splitlines() if "turn 5's first token" in line}
+    assert len(histories) == 1 and int(histories.pop().split()[0]) > 5 * (20 + 4)  # five turns, both ways
+    r = p.result
+    assert r['cache_speedup'] == pytest.approx(r['re-read']['ms_median'] / r['cached']['ms_median'])
+    assert bench(*TINY_BENCH, '--mode=chat', '--vocab_size=96', check=False).code == 2
