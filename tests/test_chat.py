@@ -257,3 +257,32 @@ def test_a_bpe_chat_export_renders_as_we_do(tmp_path, script):
     assert hf_ids(tmp_path / 'hf', messages) == chat.render(tokenizer, messages, True)[0]
     generation = json.loads((tmp_path / 'hf' / 'generation_config.json').read_text())
     assert generation['eos_token_id'] == [50258, 50256]
+
+
+def test_ctrl_c_ends_the_answer_and_keeps_the_conversation(sft):
+    import loading
+    import sampling
+    model, vocab = loading.load_model('resume', str(sft.out))[:2]
+    notes, pieces = [], []
+
+    def emit(text):  # Ctrl-C after the answer's third character
+        pieces.append(text)
+        if len(pieces) == 3:
+            raise KeyboardInterrupt
+    talk = sampling.Conversation(model, vocabulary.Tokenizer(vocab), note=notes.append)
+    assert talk.reply('speak', emit, 20, temperature=0) == vocabulary.Tokenizer(vocab).encode('hea')
+    assert notes == ["(interrupted: the conversation goes on)"]
+    assert talk.messages[-1] == {'role': 'assistant', 'content': 'hea'}
+    assert talk.reply('die?', pieces.append, 20, temperature=0)  # the next turn answers
+    assert ''.join(pieces[3:]) == 'famish'
+
+
+def test_prepare_reads_a_hugging_face_dataset_of_messages(tiny_data, tmp_path):
+    """Any dataset whose rows hold "messages" (here a local folder that datasets reads as JSON)."""
+    (tmp_path / 'hub').mkdir()
+    rows = [conversation(q, a) | {'source': 'test'} for q, a in QA] * 2
+    (tmp_path / 'hub' / 'train.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
+    counts = prepare_chat(dataset=str(tmp_path / 'hub'), vocab=str(tiny_data), val_fraction=0.25,
+                          max_conversations=7, out_dir=str(tmp_path / 'out'))
+    starts = np.fromfile(tmp_path / 'out' / 'train_starts.bin', dtype=np.int64)
+    assert len(starts) == 5 and counts['vocab_size'] == len(chars_of(tiny_data)) + 2  # 7 rows: 5 train, 2 val
