@@ -37,7 +37,7 @@ log_interval = 1             # a log line (the loop's one host sync) every this 
 eval_iters = 200             # batches per split in each evaluation
 eval_only = False            # evaluate once, then exit without writing anything
 always_save_checkpoint = True  # else ckpt.pt keeps the best val; a stop writes interrupted.pt
-init_from = 'scratch'        # 'scratch' | 'resume' | 'gpt2*' | a Hugging Face folder | our .pt or out_dir
+init_from = 'scratch'        # 'scratch' | 'resume' | 'gpt2*' | a HF folder | our .pt or out_dir
 sample_tokens = 0            # print a sample of this many tokens at each evaluation; 0: none
 eval_tasks = ''              # eval.py's tasks to run at each evaluation: val,hellaswag,...
 overwrite = False            # a fresh start may replace the checkpoints already in out_dir
@@ -114,17 +114,17 @@ data_dir = corpus.dataset_dir(dataset, prepare=prepare and not ddp, prepare_inpu
 config['dataset'] = data_dir if os.path.isdir(dataset) else dataset  # sample.py finds it anywhere
 data_vocab = vocabulary.read_vocab(data_dir) or vocabulary.GPT2  # no meta.json: GPT-2 BPE
 n_tokens = {s: corpus.split_tokens(data_dir, s, block_size, data_vocab) for s in ('train', 'val')}
-examples = {s: corpus.example_starts(data_dir, s, n_tokens[s], data_vocab) for s in ('train', 'val')}
+examples = {s: corpus.example_starts(data_dir, s, n, data_vocab) for s, n in n_tokens.items()}
 runtime.log(corpus.cut_note(examples['train'], n_tokens['train'], block_size, data_vocab))
 batch_gen = torch.Generator().manual_seed(seed + rank)  # training batches, checkpointed
 eval_gen = torch.Generator().manual_seed(seed)  # evaluation sees the same windows every time
-eval_ix = {s: corpus.starts(n_tokens[s], block_size, (eval_iters, batch_size), eval_gen, examples[s])
-           for s in ('train', 'val')}
+eval_ix = {s: corpus.starts(n, block_size, (eval_iters, batch_size), eval_gen, examples[s])
+           for s, n in n_tokens.items()}
 
 
 def get_batch(split, ix=None):  # x, y: (len(ix), block_size); ix None: the next training batch
     if ix is None:
-        ix = corpus.starts(n_tokens['train'], block_size, (batch_size,), batch_gen, examples['train'])
+        ix = corpus.starts(n_tokens[split], block_size, (batch_size,), batch_gen, examples[split])
     return corpus.windows(data_dir, split, ix, block_size, device, data_vocab)
 
 
@@ -142,10 +142,10 @@ elif init_from == 'resume':
     model = checkpoint.build_model(ckpt, ckpt_file, dropout=dropout)
     iter_num, best_val_loss = ckpt['iter_num'], ckpt['best_val_loss']
     model_vocab = ckpt['tokenizer']
-else:  # GPT-2's weights (under FSDP rank 0 alone reads them), a HF folder, or our checkpoint's weights
+else:  # GPT-2's (under FSDP rank 0 alone reads them), a HF folder's, or our checkpoint's weights
     reader = sharding.pretrained if fsdp else None
     model, model_vocab = loading.pretrained(init_from, dropout, block_size, reader=reader)
-    model, model_vocab = loading.add_chat_tokens(model, model_vocab, data_vocab)  # SFT on a chat dataset
+    model, model_vocab = loading.add_chat_tokens(model, model_vocab, data_vocab)  # SFT on chat data
 vocab_file = vocabulary.vocab_file(data_dir)
 vocab = vocabulary.check_vocab(model.config.vocab_size, model_vocab, vocab_file, data_vocab)
 config.update({k: getattr(model.config, k) for k in checkpoint.SHAPE})  # the weights fix the shape
