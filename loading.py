@@ -1,12 +1,14 @@
 """A model to sample, evaluate, export or finetune, from wherever its weights are: out_dir's checkpoint, a
-.pt file of export.py, GPT-2's weights or a Hugging Face folder, with the vocabulary that goes with them."""
+.pt file of export.py, GPT-2's weights or a Hugging Face folder, with the vocabulary that goes with them;
+a LoRA checkpoint's base weights and adapters put together again (lora.py)."""
 import os
 import sys
 
 import checkpoint
 import corpus
+import lora
 import vocabulary
-from configurator import fail
+from configurator import fail, oneline
 from model import GPT
 
 
@@ -58,7 +60,7 @@ def load_model(init_from, out_dir, vocab_path=''):
             fail(f"no checkpoint {path} ({there}); train one first, e.g. python train.py "
                  f"config/train_shakespeare_char.py --out_dir={out_dir}")
         ckpt, _ = checkpoint.load(path, checkpoint.FOR_SAMPLING)
-        model = checkpoint.build_model(ckpt, path, dropout=0.0)
+        model, _ = build(ckpt, path, merge=True)  # LoRA: its adapters folded into the weights
         return model.eval(), *checkpoint_vocab(ckpt, path, vocab_path), ckpt
     if not init_from.startswith('gpt2') and not os.path.isdir(init_from):
         fail(f"init_from={init_from!r} is not 'resume', a .pt file, a gpt2* name or an existing directory")
@@ -71,21 +73,48 @@ def load_model(init_from, out_dir, vocab_path=''):
 
 
 def pretrained(init_from, dropout, block_size, reader=None):
-    """GPT-2 weights (a gpt2* name or a Hugging Face folder) cut to block_size -> (model, the vocabulary its
-    weights were trained on). reader: what reads them, GPT.from_pretrained's signature (FSDP's reads them
-    in rank 0 alone)."""
-    if not (init_from.startswith('gpt2') or os.path.isdir(init_from)):
-        hint = " (a .pt file from export.py is for sample.py)" if init_from.endswith('.pt') else ""
-        fail(f"init_from={init_from!r}: use 'scratch', 'resume', a gpt2* name or a Hugging Face model "
-             f"directory{hint}")
-    try:
-        model = (reader or GPT.from_pretrained)(init_from, dict(dropout=dropout))
-    except ValueError as e:
-        fail(e)
+    """Pretrained weights cut to block_size -> (model, the vocabulary its weights were trained on): GPT-2's (a
+    gpt2* name), a Hugging Face folder, or one of our checkpoints (a .pt file: its weights alone, a LoRA
+    one's merged). reader: what reads GPT-2's, GPT.from_pretrained's signature (FSDP's reads them in rank 0
+    alone)."""
+    if init_from.endswith('.pt') and os.path.isfile(init_from):
+        ckpt, _ = checkpoint.load(init_from, checkpoint.FOR_SAMPLING)
+        model, vocab = build(ckpt, init_from, dropout=dropout, merge=True)
+    elif init_from.startswith('gpt2') or os.path.isdir(init_from):
+        try:
+            model = (reader or GPT.from_pretrained)(init_from, dict(dropout=dropout))
+        except ValueError as e:
+            fail(e)
+        # an export holds its own vocabulary
+        vocab = vocabulary.read_vocab(init_from) if os.path.isdir(init_from) else vocabulary.GPT2
+    else:
+        fail(f"init_from={init_from!r}: use 'scratch', 'resume', a gpt2* name, a Hugging Face model directory "
+             f"or a checkpoint (.pt file) that exists")
     if block_size > model.config.block_size:
         fail(f"block_size={block_size} is longer than the context of {init_from} ({model.config.block_size}); "
              f"use --block_size={model.config.block_size} or less")
     if block_size < model.config.block_size:
         model.crop_block_size(block_size)  # e.g. finetune with a shorter context than GPT-2's 1024
-    # an export holds its own vocabulary
-    return model, vocabulary.read_vocab(init_from) if os.path.isdir(init_from) else vocabulary.GPT2
+    return model, vocab
+
+
+def build(ckpt, path, dropout=0.0, dtype=None, merge=False, verbose=False):
+    """The model that checkpoint ckpt (read from path) holds -> (model, its vocabulary): its weights, or from
+    a LoRA checkpoint its base weights read again from where the run took them, with its adapters on (merge:
+    folded into the weights; dtype, verbose: see lora.attach). One line if that base is not there."""
+    spec = ckpt.get('lora')
+    if not spec:
+        return checkpoint.build_model(ckpt, path, dropout=dropout), ckpt['tokenizer']
+    base, args = spec['base'], ckpt['model_args']
+    if os.path.isabs(base) and not os.path.exists(base):
+        fail(f"{path} holds LoRA adapters for the weights in {base}, which is not there any more; put them "
+             f"back at that path (or merge the adapters where they are: python export.py)")
+    model, _ = pretrained(base, dropout, args['block_size'])
+    shape = {k: args[k] for k in checkpoint.SHAPE + ('vocab_size',)}
+    if {k: getattr(model.config, k) for k in shape} != shape:
+        fail(f"{path} holds LoRA adapters for the weights in {base}, which have another shape now "
+             f"({dict(vars(model.config))}, the adapters' {shape}); put the original weights back there")
+    try:
+        return lora.attach(model, spec, ckpt['model'], dtype=dtype, merge=merge, verbose=verbose), ckpt['tokenizer']
+    except ValueError as e:
+        fail(f"{path}: its LoRA adapters do not fit the weights in {base} ({oneline(e)})")
