@@ -85,9 +85,9 @@ def attach(model, lora, adapters=None, dtype=None, merge=False, verbose=False):
     """model (a GPT) with peft's LoRA adapters on the Linear layers lora['targets'] names, every other weight
     frozen -> the same GPT, or with merge a plain GPT, the adapters folded into the weights (peft's
     merge_and_unload). adapters: their weights (a checkpoint's 'model'), else peft's init, under which the
-    model computes what it did. dtype 'bfloat16': the frozen weights are kept in it (half their bytes; the
-    forward computes in it under autocast anyway), the adapters stay float32 for AdamW. verbose: a line on
-    what trains. lora None: model as it is."""
+    model computes what it did. dtype 'bfloat16' or 'float16' (training's autocast): the frozen weights are
+    kept in it (half their bytes; autocast computes in it anyway), the adapters stay float32 for AdamW (and
+    the GradScaler). verbose: a line on what trains. lora None: model as it is."""
     if lora is None:
         return model
     peft = _peft()
@@ -110,16 +110,16 @@ def attach(model, lora, adapters=None, dtype=None, merge=False, verbose=False):
             raise ValueError(f"adapters missing: {missing[:3]}, unexpected: {loaded.unexpected_keys[:3]}")
     if merge:
         return wrapper.merge_and_unload()
-    if dtype == 'bfloat16':
+    if dtype in ('bfloat16', 'float16'):  # what autocast would cast them to at every forward
         for p in model.parameters():
             if not p.requires_grad:
-                p.data = p.data.to(torch.bfloat16)
+                p.data = p.data.to(getattr(torch, dtype))
     if verbose:
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in model.parameters())
         print(f"LoRA rank {lora['rank']} (alpha {lora['alpha']:g}) on {','.join(lora['targets'])}: "
               f"{trainable:,} of {total:,} parameters train ({100 * trainable / total:.2f}%), the rest frozen "
-              f"in {'bfloat16' if dtype == 'bfloat16' else 'float32'}")
+              f"in {dtype if dtype in ('bfloat16', 'float16') else 'float32'}")
     return model
 
 

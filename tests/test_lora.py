@@ -81,15 +81,16 @@ def test_only_adapters_train_and_the_frozen_weights_stay_bitwise():
     assert all(p.abs().sum() > 0 for n, p in model.named_parameters() if '.lora_B.' in n)  # B left zero
 
 
-def test_bfloat16_base_keeps_float32_adapters_and_state():
-    """dtype bfloat16 (a GPU's default): the frozen weights are stored in it, the adapters and AdamW's state
-    stay float32, and a step under autocast (CPU here) trains them."""
-    model = lora.attach(tiny_gpt(), spec(), dtype='bfloat16')
-    assert {p.dtype for p in model.parameters() if not p.requires_grad} == {torch.bfloat16}
+@pytest.mark.parametrize('dtype', ['bfloat16', 'float16'])
+def test_half_precision_base_keeps_float32_adapters_and_state(dtype):
+    """dtype bfloat16 (a recent GPU's default) or float16: the frozen weights are stored in it, the adapters
+    and AdamW's state stay float32, and a step under autocast (CPU here) trains them."""
+    model = lora.attach(tiny_gpt(), spec(), dtype=dtype)
+    assert {p.dtype for p in model.parameters() if not p.requires_grad} == {getattr(torch, dtype)}
     assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
     opt = model.configure_optimizers(0.1, 1e-2, (0.9, 0.95), 'cpu', verbose=False)
     x = torch.randint(33, (2, 32), generator=torch.Generator().manual_seed(0))
-    with torch.autocast('cpu', dtype=torch.bfloat16):
+    with torch.autocast('cpu', dtype=getattr(torch, dtype)):
         loss = model(x, x)[1]
     loss.backward()
     opt.step()
