@@ -60,14 +60,12 @@ def settings(config, given, init_from, fsdp, ckpt=None, ckpt_file=None):
             fail(f"{ckpt_file} holds LoRA adapters that do not match the settings ({'; '.join(clash)}); leave "
                  f"them out to resume with the checkpoint's, or merge it (export.py) and start anew")
         saved = {**saved, 'dropout': float(dropout) if 'lora_dropout' in given else saved['dropout']}
+        ckpt['lora'] = saved  # what loading.build puts the adapters on with
         config.update({name: ours[k] if k != 'dropout' else saved[k] for k, name in SETTINGS.items()})
     elif not rank:
         return None
     else:
         targets = _targets(config['lora_targets'])
-        if fsdp:
-            fail("LoRA is not sharded here: leave out --fsdp (a LoRA run's frozen weights in bfloat16 and its "
-                 "small adapters fit one GPU, and DDP replicates them)")
         if init_from == 'scratch':
             fail("lora_rank > 0 adapts pretrained weights: give --init_from=gpt2* (or a Hugging Face folder, or "
                  "a checkpoint .pt); a model from scratch must train every weight")
@@ -75,6 +73,9 @@ def settings(config, given, init_from, fsdp, ckpt=None, ckpt_file=None):
             fail("lora_targets is empty: name the Linear layers to adapt, e.g. c_attn,c_proj,c_fc")
         saved = {'rank': rank, 'alpha': float(alpha), 'dropout': float(dropout), 'targets': targets,
                  'base': os.path.abspath(init_from) if os.path.exists(init_from) else init_from}
+    if fsdp:
+        fail("LoRA is not sharded here: leave out --fsdp (a LoRA run's frozen weights in bfloat16 and its "
+             "small adapters fit one GPU, and DDP replicates them)")
     if saved['alpha'] <= 0 or not 0 <= saved['dropout'] < 1:
         fail(f"lora_alpha={saved['alpha']} must be > 0 and lora_dropout={saved['dropout']} in [0, 1)")
     _peft()
@@ -125,7 +126,7 @@ def attach(model, lora, adapters=None, dtype=None, merge=False, verbose=False):
 
 def model_state(model, lora):
     """What a checkpoint keeps of the model: {'model': the adapters' weights (peft's names) and 'lora': the
-    settings}, or without LoRA {'model': every weight, 'lora': None}."""
+    settings}, or without LoRA {'model': every weight}, as before LoRA."""
     if lora is None:
-        return {'model': model.state_dict(), 'lora': None}
+        return {'model': model.state_dict()}
     return {'model': _peft().get_peft_model_state_dict(model), 'lora': lora}

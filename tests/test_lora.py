@@ -81,10 +81,12 @@ def test_only_adapters_train_and_the_frozen_weights_stay_bitwise():
     assert all(p.abs().sum() > 0 for n, p in model.named_parameters() if '.lora_B.' in n)  # B left zero
 
 
-@pytest.mark.parametrize('dtype', ['bfloat16', 'float16'])
-def test_half_precision_base_keeps_float32_adapters_and_state(dtype):
+def test_half_precision_base_keeps_float32_adapters_and_state():
     """dtype bfloat16 (a recent GPU's default) or float16: the frozen weights are stored in it, the adapters
-    and AdamW's state stay float32, and a step under autocast (CPU here) trains them."""
+    and AdamW's state stay float32, and a step under autocast (CPU here, bfloat16) trains them."""
+    half = lora.attach(tiny_gpt(), spec(), dtype='float16')
+    assert {p.dtype for p in half.parameters() if not p.requires_grad} == {torch.float16}
+    dtype = 'bfloat16'
     model = lora.attach(tiny_gpt(), spec(), dtype=dtype)
     assert {p.dtype for p in model.parameters() if not p.requires_grad} == {getattr(torch, dtype)}
     assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
@@ -117,6 +119,18 @@ def test_resume_is_bitwise_and_activation_checkpointing_changes_nothing(runs):
     assert all(torch.equal(a['model'][k], b['model'][k]) for k in a['model'])
     assert a['lora'] == {'rank': 4, 'alpha': 8.0, 'dropout': 0.1, 'targets': ['c_attn', 'c_proj', 'c_fc'],
                          'base': str(runs.base)}
+
+
+def test_a_resume_may_change_lora_dropout_alone(runs):
+    """Regression: a changed lora_dropout was saved, but the resumed model was built with the old one."""
+    ckpt, _ = checkpoint.load(str(runs.whole / 'ckpt.pt'))
+    config = {'lora_rank': 0, 'lora_alpha': 16.0, 'lora_dropout': 0.0, 'lora_targets': 'c_attn,c_proj,c_fc'}
+    settings = lora.settings(config, {'lora_dropout': 0.0}, 'resume', False, ckpt, 'ckpt.pt')
+    assert settings['dropout'] == 0.0 and config['lora_rank'] == 4 and config['lora_alpha'] == 8.0
+    model, _ = loading.build(ckpt, 'ckpt.pt')
+    assert isinstance(model.transformer.h[0].attn.c_attn.lora_dropout['default'], torch.nn.Identity)  # p = 0
+    with pytest.raises(UserError, match='LoRA is not sharded here'):  # resumed under FSDP too
+        lora.settings(config, {}, 'resume', True, ckpt, 'ckpt.pt')
 
 
 def test_merge_equals_adapters_and_exports_need_no_peft(runs, tmp_path, script):
