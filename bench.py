@@ -8,6 +8,7 @@
     python bench.py --mode=sample --batch_size=1 --device=cpu --steps=1   # the same in about a minute on a CPU
     python bench.py --mode=chat --device=cpu --steps=3 --max_new_tokens=32   # a chat's turn 5: cache kept or not
     python bench.py --json=True                       # also one JSON object on stdout's last line
+    python bench.py config/bench_cpu_tiny.py --lora_rank=8   # LoRA: what its training state saves
     torchrun --standalone --nproc_per_node=2 bench.py --fsdp=True   # DDP, or with --fsdp=True FSDP, per process
 
 Timed steps are synchronized with the device (CUDA, MPS), so each step's time is its real duration.
@@ -15,7 +16,8 @@ The tokens/s and MFU use the median step; MFU is against the GPU's dense bf16 pe
 and n/a where the peak is unknown (a CPU) unless --peak_flops is given. Under torchrun every process
 steps on its own batch of batch_size (tokens/s counts them all) and the figures are rank 0's; "training
 state" is what it holds of the parameters, gradients and optimizer state, from their tensors' storages
-at the end of the last step (FSDP: its shards), DDP's gradient buckets not included.
+at the end of the last step (FSDP: its shards), DDP's gradient buckets not included. With --lora_rank=R
+only the adapters have gradients and AdamW state; the frozen weights are bfloat16 where the step is.
 """
 import os
 import sys
@@ -28,6 +30,7 @@ import torch
 
 import chat
 import corpus
+import lora
 import runtime
 import sampling
 import sharding
@@ -64,6 +67,9 @@ dtype = 'auto' # 'auto', 'float32', 'bfloat16' or 'float16' (float16: with a Gra
 compile = True # torch.compile the model (train mode), on CUDA only as in train.py
 fsdp = False # under torchrun: shard the model with FSDP instead of DDP (train mode), as train.py does
 activation_checkpointing = False # recompute each Block's activations in the backward pass, as train.py does
+lora_rank = 0 # > 0: LoRA adapters of this rank (peft) over the frozen weights, as train.py's lora_* settings
+lora_alpha = 16.0
+lora_targets = 'c_attn,c_proj,c_fc'
 num_threads = 0 # CPU threads for torch (torch.set_num_threads); 0 keeps torch's default
 peak_flops = 0.0 # device peak FLOP/s for MFU; 0.0: the CUDA device's bf16 peak from runtime.PEAK_FLOPS
 # output
@@ -71,7 +77,7 @@ profile = False # trace the timed steps with torch.profiler (open in TensorBoard
 profile_dir = 'out-bench' # folder the trace is written to
 json = False # print one JSON object with every figure as the last line of stdout
 _positive = ('steps', 'max_new_tokens', 'batch_size', 'block_size', 'n_layer', 'n_head', 'n_embd', 'vocab_size')
-_non_negative = ('warmup', 'grad_clip', 'num_threads', 'peak_flops')
+_non_negative = ('warmup', 'grad_clip', 'num_threads', 'peak_flops', 'lora_rank')
 # -----------------------------------------------------------------------------
 config, given = configure(globals())
 # -----------------------------------------------------------------------------
@@ -131,6 +137,11 @@ try:
                           n_embd=n_embd, bias=bias, dropout=dropout))
 except ValueError as e:  # e.g. n_embd not divisible by n_head
     fail(e)
+if lora_rank:  # over random weights: the same bytes as over GPT-2's
+    if fsdp:
+        fail("LoRA is not sharded here: leave out --fsdp")
+    model = lora.attach(model, {'rank': lora_rank, 'alpha': lora_alpha, 'dropout': 0.0, 'base': 'random',
+                                'targets': lora_targets.split(',')}, dtype=dtype, verbose=True)
 n_params = model.get_num_params()
 # a busy CPU (load above its core count) slows a multi-threaded step many times over: record both
 load = round(os.getloadavg()[0], 2) if hasattr(os, 'getloadavg') else None
@@ -261,7 +272,7 @@ else:
     s['loss'] = loss.item()
     s['state_mb'] = {k: v / 2**20 for k, v in sharding.state_bytes(raw_model, optimizer).items()}
     result.update(s, compile=compile, real_data=real_data, steps=steps, warmup=warmup, processes=world_size,
-                  fsdp=fsdp, activation_checkpointing=activation_checkpointing)
+                  fsdp=fsdp, activation_checkpointing=activation_checkpointing, lora_rank=lora_rank)
     mfu = f"{s['mfu'] * 100:.2f}%" if s['mfu'] is not None else 'n/a'
     print(f"{steps} steps after {warmup} burn-in: {s['ms_median']:.2f} ms/iter median "
           f"(min {s['ms_min']:.2f}, max {s['ms_max']:.2f}), {s['tokens_per_s']:,.0f} tokens/s, mfu {mfu}, "

@@ -22,6 +22,9 @@ token's logit depends on them. The folder is read back and its logits compared w
 sample.py take it as --init_from.
 --weights writes the model, its shape and its vocabulary without the optimizer state (about a third of
 ckpt.pt's size), for sharing: sample.py reads it as --init_from=FILE.pt.
+A LoRA run's checkpoint (lora.py) is exported merged: its base weights are read again from where the run
+took them, and each adapter is folded into its layer's weight (W + alpha/r B A, peft's merge_and_unload),
+so that --weights and --hf_dir are plain models that need no peft.
 --consolidate gathers out_dir/ckpt.dcp (FSDP's shards) into out_dir/ckpt.pt, optimizer state included: the
 file that DDP and single-process runs write, to copy elsewhere or to read with nanoGPT-style tools. (Every
 script here reads ckpt.dcp as it is, too.) The model and its optimizer state must fit this machine's memory.
@@ -73,7 +76,10 @@ if consolidate:
     path = os.path.join(out_dir, checkpoint.CKPT)
     checkpoint.save(path, ckpt)  # the same state as the folder: the folder stays, for FSDP runs to resume
     print(f"wrote {path} ({os.path.getsize(path) / 2**20:.1f} MiB) from {sharded} (iter {ckpt['iter_num']})")
-model = checkpoint.build_model(ckpt, ckpt_path, dropout=0.0).eval()
+model = loading.build(ckpt, ckpt_path, merge=True)[0].eval()  # LoRA: W + alpha/r B A, a plain GPT
+if ckpt.get('lora'):
+    print(f"merged the LoRA adapters of {ckpt_path} (rank {ckpt['lora']['rank']}) into the weights of "
+          f"{ckpt['lora']['base']}")
 vocab = vocabulary.check_vocab(model.config.vocab_size, *loading.checkpoint_vocab(ckpt, ckpt_path, vocab_path))
 if hf_dir and 'image' in vocab:
     fail("an image model has no text tokenizer for transformers; export it with --weights=FILE.pt "
@@ -81,7 +87,7 @@ if hf_dir and 'image' in vocab:
 
 if weights:
     make_dir(weights, 'weights', file=True)
-    checkpoint.save(weights, {'model': ckpt['model'], 'model_args': ckpt['model_args'], 'tokenizer': vocab,
+    checkpoint.save(weights, {'model': model.state_dict(), 'model_args': ckpt['model_args'], 'tokenizer': vocab,
                               **{k: ckpt[k] for k in ('iter_num', 'best_val_loss', 'config') if k in ckpt}})
     size = sum(os.path.getsize(os.path.join(ckpt_path, f)) for f in os.listdir(ckpt_path)) \
         if os.path.isdir(ckpt_path) else os.path.getsize(ckpt_path)

@@ -1,5 +1,6 @@
 """A model to sample, evaluate, export or finetune, from wherever its weights are: out_dir's checkpoint, a
-.pt file of export.py, GPT-2's weights or a Hugging Face folder, with the vocabulary that goes with them."""
+.pt file of export.py, GPT-2's weights or a Hugging Face folder, with the vocabulary that goes with them;
+a LoRA checkpoint's base weights and adapters put together again (lora.py)."""
 import os
 import sys
 
@@ -8,8 +9,9 @@ import torch
 import chat
 import checkpoint
 import corpus
+import lora
 import vocabulary
-from configurator import fail
+from configurator import fail, oneline
 from model import GPT
 
 
@@ -61,7 +63,7 @@ def load_model(init_from, out_dir, vocab_path=''):
             fail(f"no checkpoint {path} ({there}); train one first, e.g. python train.py "
                  f"config/train_shakespeare_char.py --out_dir={out_dir}")
         ckpt, _ = checkpoint.load(path, checkpoint.FOR_SAMPLING)
-        model = checkpoint.build_model(ckpt, path, dropout=0.0)
+        model, _ = build(ckpt, path, merge=True)  # LoRA: its adapters folded into the weights
         return model.eval(), *checkpoint_vocab(ckpt, path, vocab_path), ckpt
     if not init_from.startswith('gpt2') and not os.path.isdir(init_from):
         fail(f"init_from={init_from!r} is not 'resume', a .pt file, a gpt2* name or an existing directory")
@@ -83,15 +85,15 @@ def own_checkpoint(init_from):
 def pretrained(init_from, dropout, block_size, reader=None):
     """Weights to start from, cut to block_size -> (model, the vocabulary its weights were trained on): GPT-2's
     (a gpt2* name or a Hugging Face folder), or one of our checkpoints (a ckpt.pt or export.py's .pt file, or a
-    run's out_dir), of which only the weights are taken. reader: what reads GPT-2 weights, GPT.from_pretrained's
-    signature (FSDP's reads them in rank 0 alone)."""
+    run's out_dir), of which only the weights are taken (a LoRA one's merged). reader: what reads GPT-2 weights,
+    GPT.from_pretrained's signature (FSDP's reads them in rank 0 alone)."""
     ours = own_checkpoint(init_from)
     if not (ours or init_from.startswith('gpt2') or os.path.isdir(init_from)):
         fail(f"init_from={init_from!r}: use 'scratch', 'resume', a gpt2* name, a Hugging Face model directory, or "
              f"one of our checkpoints (a .pt file or a run's out_dir)")
     if ours:
         ckpt, _ = checkpoint.load(ours, checkpoint.FOR_SAMPLING)
-        model = checkpoint.build_model(ckpt, ours, dropout=dropout)
+        model = build(ckpt, ours, dropout=dropout, merge=True)[0]
         vocab = checkpoint_vocab(ckpt, ours)[0]
     else:
         try:
@@ -122,3 +124,26 @@ def add_chat_tokens(model, vocab, data_vocab):
     model.transformer.wte.weight = model.lm_head.weight = torch.nn.Parameter(weight)  # tied, as GPT builds them
     model.transformer.wte.num_embeddings = model.lm_head.out_features = model.config.vocab_size = rows
     return model, data_vocab
+
+
+def build(ckpt, path, dropout=0.0, dtype=None, merge=False, verbose=False):
+    """The model that checkpoint ckpt (read from path) holds -> (model, its vocabulary): its weights, or from
+    a LoRA checkpoint its base weights read again from where the run took them, with its adapters on (merge:
+    folded into the weights; dtype, verbose: see lora.attach). One line if that base is not there."""
+    spec = ckpt.get('lora')
+    if not spec:
+        return checkpoint.build_model(ckpt, path, dropout=dropout), ckpt['tokenizer']
+    base, args = spec['base'], ckpt['model_args']
+    if os.path.isabs(base) and not os.path.exists(base):
+        fail(f"{path} holds LoRA adapters for the weights in {base}, which is not there any more; put them "
+             f"back at that path (or merge the adapters where they are: python export.py)")
+    model, base_vocab = pretrained(base, dropout, args['block_size'])
+    model, _ = add_chat_tokens(model, base_vocab, ckpt['tokenizer'])  # a chat SFT's base grew its rows
+    shape = {k: args[k] for k in checkpoint.SHAPE + ('vocab_size',)}
+    if {k: getattr(model.config, k) for k in shape} != shape:
+        fail(f"{path} holds LoRA adapters for the weights in {base}, which have another shape now "
+             f"({dict(vars(model.config))}, the adapters' {shape}); put the original weights back there")
+    try:
+        return lora.attach(model, spec, ckpt['model'], dtype=dtype, merge=merge, verbose=verbose), ckpt['tokenizer']
+    except ValueError as e:
+        fail(f"{path}: its LoRA adapters do not fit the weights in {base} ({oneline(e)})")

@@ -19,6 +19,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import checkpoint
 import corpus
 import loading
+import lora
 import runtime
 import sampling
 import sharding
@@ -75,6 +76,10 @@ min_lr = 6e-5                # ~= learning_rate / 10 per Chinchilla
 backend = ''                 # '' picks 'nccl' on CUDA, 'gloo' otherwise
 fsdp = False                 # under torchrun: shard weights, gradients and AdamW state
 activation_checkpointing = False  # recompute each Block's activations: less memory
+lora_rank = 0                # LoRA (README): 0 off; r: peft's rank-r adapters, the weights frozen
+lora_alpha = 16.0            # an adapter's update B A is scaled by lora_alpha / lora_rank
+lora_dropout = 0.0           # dropout on the adapters' input
+lora_targets = 'c_attn,c_proj,c_fc'  # the Linear layers to adapt, by name: attention and MLP
 # system
 device = 'auto'              # 'auto' | 'cpu' | 'cuda' | 'cuda:N' | 'mps'
 dtype = 'auto'               # 'auto' | 'float32' | 'bfloat16' | 'float16' (with a GradScaler)
@@ -101,6 +106,7 @@ if init_from == 'resume':  # the checkpoint fixes the model's shape
     block_size = ckpt['model_args']['block_size']
 elif not (eval_only or overwrite):
     checkpoint.refuse_overwrite(out_dir)
+lora_settings = lora.settings(config, given, init_from, fsdp, ckpt, ckpt_file)  # None: no LoRA
 if ddp:
     runtime.init_distributed(backend, device_type)
 torch.manual_seed(seed)  # every process builds the same initial weights: FSDP's shards fit together
@@ -139,13 +145,13 @@ if init_from == 'scratch':
     except ValueError as e:
         fail(e)
 elif init_from == 'resume':
-    model = checkpoint.build_model(ckpt, ckpt_file, dropout=dropout)
+    model, model_vocab = loading.build(ckpt, ckpt_file, dropout, dtype, verbose=master_process)
     iter_num, best_val_loss = ckpt['iter_num'], ckpt['best_val_loss']
-    model_vocab = ckpt['tokenizer']
 else:  # GPT-2's (under FSDP rank 0 alone reads them), a HF folder's, or our checkpoint's weights
     reader = sharding.pretrained if fsdp else None
     model, model_vocab = loading.pretrained(init_from, dropout, block_size, reader=reader)
     model, model_vocab = loading.add_chat_tokens(model, model_vocab, data_vocab)  # SFT on chat data
+    model = lora.attach(model, lora_settings, dtype=dtype, verbose=master_process)  # None: as it is
 vocab_file = vocabulary.vocab_file(data_dir)
 vocab = vocabulary.check_vocab(model.config.vocab_size, model_vocab, vocab_file, data_vocab)
 config.update({k: getattr(model.config, k) for k in checkpoint.SHAPE})  # the weights fix the shape
@@ -232,7 +238,7 @@ def save(name, evaluated):
     if fsdp:  # every process writes its shards
         runtime.log(sharding.save(out_dir, sharding.name_of(name), state, raw_model, optimizer))
     elif master_process:
-        state.update(model=raw_model.state_dict(), optimizer=optimizer.state_dict())
+        state.update(lora.model_state(raw_model, lora_settings), optimizer=optimizer.state_dict())
         runtime.log(checkpoint.write(out_dir, name, state))
     saves += 1
 
