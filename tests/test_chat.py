@@ -286,3 +286,30 @@ def test_prepare_reads_a_hugging_face_dataset_of_messages(tiny_data, tmp_path):
                           max_conversations=7, out_dir=str(tmp_path / 'out'))
     starts = np.fromfile(tmp_path / 'out' / 'train_starts.bin', dtype=np.int64)
     assert len(starts) == 5 and counts['vocab_size'] == len(chars_of(tiny_data)) + 2  # 7 rows: 5 train, 2 val
+
+
+def test_lora_composes_with_the_chat_stage(trained, chat_data, tmp_path, script, monkeypatch):
+    """LoRA adapters on the shared run's weights, finetuned on conversations (its rows grown for the chat
+    tokens), resumed and talked to: the base is rebuilt, grown again, and the adapters put on."""
+    args = [*TINY, f'--init_from={trained.out}', f'--dataset={chat_data}', f'--out_dir={tmp_path}', '--lora_rank=4',
+            '--learning_rate=1e-2', '--lr_decay_iters=20']
+    assert 'LoRA' in script('train.py', *args, '--max_iters=10').out
+    script('train.py', *args, '--max_iters=20', '--init_from=resume')
+    monkeypatch.setattr(sys, 'stdin', io.StringIO('speak\n'))
+    p = script('sample.py', f'--out_dir={tmp_path}', '--chat=True', '--temperature=0', '--max_new_tokens=5')
+    assert len(p.out.splitlines()) == 1
+
+
+@pytest.mark.parametrize('vocab, rows, grown', [(vocabulary.GPT2, 50257, 50304), ({'chars': list('ab\n')}, 3, 5)])
+def test_a_model_grows_rows_for_the_chat_tokens_at_the_mean_embedding(vocab, rows, grown):
+    import loading
+    from model import GPT, GPTConfig
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=8, block_size=8, vocab_size=rows))
+    before = model.transformer.wte.weight.detach().clone()
+    model, new_vocab = loading.add_chat_tokens(model, vocab, chat.with_chat(vocab))
+    weight = model.transformer.wte.weight
+    assert new_vocab == chat.with_chat(vocab) and model.config.vocab_size == grown and weight.shape == (grown, 8)
+    assert model.lm_head.weight is weight and torch.equal(weight[:rows], before)
+    assert torch.allclose(weight[rows:], before.mean(0).expand(grown - rows, -1))
+    logits = model(torch.tensor([[0, grown - 1]]))[0]
+    assert logits.shape == (1, 1, grown)
