@@ -24,6 +24,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -33,6 +34,12 @@ SHARED = REPO.parent / 'shared'
 # which defaults to ../shared/tiktoken_cache when that exists. Without them, those tests skip.
 if 'TIKTOKEN_CACHE_DIR' not in os.environ and (SHARED / 'tiktoken_cache').is_dir():
     os.environ['TIKTOKEN_CACHE_DIR'] = str(SHARED / 'tiktoken_cache')
+
+
+# One thread for torch in this process, as the scripts run here get (_run_here): tiny models gain nothing
+# from more, and on a busy machine OpenMP's spinning threads stall (this process's own forwards, at
+# torch's default of one thread a core, took 3x the time on a shared 2-core machine).
+torch.set_num_threads(1)
 
 
 def _gpt2_bpe_loads():
@@ -161,8 +168,6 @@ def torchrun(script, *args, nproc=2, popen=False, env=None, timeout=300):
 def _run_here(name):
     """Run REPO/name in this process as __main__, with sys.argv as it is -> the exit code. Signal handlers,
     runtime's stop flag and torch's thread count are as before afterwards."""
-    import torch
-
     import runtime
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     threads = torch.get_num_threads()
