@@ -1,6 +1,7 @@
 """Shared helpers: tiny datasets, tiny training runs shared by the whole session, and three ways to run
-the scripts: in this process (no 2 s of start-up; exit code, stdout and stderr come back), as a
-subprocess (for what only a real process shows: signals, pipes) or under torchrun.
+the scripts: in this process (no 2 s of start-up; exit code, stdout and stderr come back; signals too:
+test_train.signals_at), as a subprocess (for what only a real process shows: pipes, SIGKILL, a fresh
+process) or under torchrun.
 
 Two tiers: `python -m pytest -q -m "not slow" tests` leaves out the tests marked slow (torchrun, long
 subprocess runs), for the edit-test loop; `python -m pytest -q tests` runs them all."""
@@ -198,9 +199,9 @@ def script(monkeypatch, capsys):
     return go
 
 
-def in_process(name, *args):
+def in_process(name, *args, check=True):
     """What the script fixture does, for session fixtures (which cannot use it): REPO/name with args in this
-    process -> SimpleNamespace(code, out, err); an exit code other than 0 fails."""
+    process -> SimpleNamespace(code, out, err); with check, an exit code other than 0 fails."""
     argv, sys.argv = sys.argv, [name, *map(str, args)]
     out, err = io.StringIO(), io.StringIO()
     try:
@@ -208,7 +209,8 @@ def in_process(name, *args):
             code = _run_here(name)
     finally:
         sys.argv = argv
-    assert code == 0, f"{name} exited {code}\n{out.getvalue()[-2000:]}\n{err.getvalue()[-3000:]}"
+    if check:
+        assert code == 0, f"{name} exited {code}\n{out.getvalue()[-2000:]}\n{err.getvalue()[-3000:]}"
     return SimpleNamespace(code=code, out=out.getvalue(), err=err.getvalue())
 
 
