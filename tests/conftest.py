@@ -1,6 +1,7 @@
 """Shared helpers: tiny datasets, tiny training runs shared by the whole session, and three ways to run
-the scripts: in this process (no 2 s of start-up; exit code, stdout and stderr come back), as a
-subprocess (for what only a real process shows: signals, pipes) or under torchrun.
+the scripts: in this process (no 2 s of start-up; exit code, stdout and stderr come back; signals too:
+test_train.signals_at), as a subprocess (for what only a real process shows: pipes, SIGKILL, a fresh
+process) or under torchrun.
 
 Two tiers: `python -m pytest -q -m "not slow" tests` leaves out the tests marked slow (torchrun, long
 subprocess runs), for the edit-test loop; `python -m pytest -q tests` runs them all."""
@@ -24,6 +25,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -33,6 +35,12 @@ SHARED = REPO.parent / 'shared'
 # which defaults to ../shared/tiktoken_cache when that exists. Without them, those tests skip.
 if 'TIKTOKEN_CACHE_DIR' not in os.environ and (SHARED / 'tiktoken_cache').is_dir():
     os.environ['TIKTOKEN_CACHE_DIR'] = str(SHARED / 'tiktoken_cache')
+
+
+# One thread for torch in this process, as the scripts run here get (_run_here): tiny models gain nothing
+# from more, and on a busy machine OpenMP's spinning threads stall (this process's own forwards, at
+# torch's default of one thread a core, took 3x the time on a shared 2-core machine).
+torch.set_num_threads(1)
 
 
 def _gpt2_bpe_loads():
@@ -161,8 +169,6 @@ def torchrun(script, *args, nproc=2, popen=False, env=None, timeout=300):
 def _run_here(name):
     """Run REPO/name in this process as __main__, with sys.argv as it is -> the exit code. Signal handlers,
     runtime's stop flag and torch's thread count are as before afterwards."""
-    import torch
-
     import runtime
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     threads = torch.get_num_threads()
@@ -193,9 +199,9 @@ def script(monkeypatch, capsys):
     return go
 
 
-def in_process(name, *args):
+def in_process(name, *args, check=True):
     """What the script fixture does, for session fixtures (which cannot use it): REPO/name with args in this
-    process -> SimpleNamespace(code, out, err); an exit code other than 0 fails."""
+    process -> SimpleNamespace(code, out, err); with check, an exit code other than 0 fails."""
     argv, sys.argv = sys.argv, [name, *map(str, args)]
     out, err = io.StringIO(), io.StringIO()
     try:
@@ -203,7 +209,8 @@ def in_process(name, *args):
             code = _run_here(name)
     finally:
         sys.argv = argv
-    assert code == 0, f"{name} exited {code}\n{out.getvalue()[-2000:]}\n{err.getvalue()[-3000:]}"
+    if check:
+        assert code == 0, f"{name} exited {code}\n{out.getvalue()[-2000:]}\n{err.getvalue()[-3000:]}"
     return SimpleNamespace(code=code, out=out.getvalue(), err=err.getvalue())
 
 

@@ -3,6 +3,7 @@
 Run: python -m pytest -q tests/test_eval.py"""
 import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -104,11 +105,15 @@ def test_two_processes_give_the_figures_of_one(trained, tmp_path, script):
     assert two['hellaswag'] == one['hellaswag'] and one['hellaswag']['n'] == 5
 
 
-def tiny_gpt2(folder):
+@pytest.fixture(scope='module')
+def tiny_gpt2(tmp_path_factory):
+    """A tiny random GPT-2 (block_size 64, GPT-2's vocabulary) shared by this module's tests, which must not
+    change it: SimpleNamespace(hf: the transformers model, folder: where it is saved)."""
     torch.manual_seed(0)
     hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64))
+    folder = tmp_path_factory.mktemp('tiny_gpt2') / 'hf'
     hf.save_pretrained(folder)
-    return hf.eval()
+    return SimpleNamespace(hf=hf.eval(), folder=folder)
 
 
 def transformers_scores(hf, examples):
@@ -130,14 +135,13 @@ def transformers_scores(hf, examples):
 
 
 @needs_gpt2_bpe
-def test_hellaswag_scores_equal_transformers(tmp_path, script):
-    hf = tiny_gpt2(tmp_path / 'hf')
-    expected = transformers_scores(hf, EXAMPLES)
+def test_hellaswag_scores_equal_transformers(tiny_gpt2, tmp_path, script):
+    expected = transformers_scores(tiny_gpt2.hf, EXAMPLES)
     labels = torch.tensor([ex['label'] for ex in EXAMPLES])
     path = write_jsonl(tmp_path / 'hs.jsonl', EXAMPLES)
     import vocabulary
     from model import GPT
-    model = GPT.from_pretrained(str(tmp_path / 'hf')).eval()
+    model = GPT.from_pretrained(str(tiny_gpt2.folder)).eval()
     tokenizer = vocabulary.Tokenizer(vocabulary.GPT2)
     encoded = hellaswag.hellaswag_tokens(tokenizer, hellaswag.read_hellaswag(str(path)), 64)
     for batch_size in (4, 12):  # one example to a forward, and three (padded)
@@ -145,7 +149,7 @@ def test_hellaswag_scores_equal_transformers(tmp_path, script):
         assert (scores - expected).abs().max().item() < 1e-5
         assert torch.equal(scores.argmin(1), expected.argmin(1))  # the same choices, both ways
     acc, acc_norm = ((expected[:, :, k].argmin(1) == labels).double().mean().item() for k in (0, 1))
-    p = script('eval.py', f'--init_from={tmp_path / "hf"}', '--task=hellaswag', f'--hellaswag_path={path}',
+    p = script('eval.py', f'--init_from={tiny_gpt2.folder}', '--task=hellaswag', f'--hellaswag_path={path}',
                '--device=cpu', '--json=True')
     assert results(p) == {'hellaswag': {'acc': acc, 'acc_norm': acc_norm, 'n': 5}}
     assert f"hellaswag: acc {acc:.4f}, acc_norm {acc_norm:.4f} (5 examples)" in p.out
@@ -209,12 +213,12 @@ def test_eval_mistakes_are_one_line(trained, tmp_path, script):
 
 @needs_gpt2_bpe
 @pytest.mark.parametrize('stride', [0, 13, 24])
-def test_wikitext_perplexity_equals_transformers_token_by_token(tmp_path, script, stride):
+def test_wikitext_perplexity_equals_transformers_token_by_token(tiny_gpt2, tmp_path, script, stride):
     """Each token's loss from transformers' forward over exactly the context the windows give it: with
     stride s, window k starts at k*s and counts its targets past the previous window's; the last window
-    ends where the text does. One forward per token, so nothing is shared with the windowed computation."""
+    ends where the text does. One forward per token (its head over the last position alone), so nothing is
+    shared with the windowed computation."""
     import tiktoken
-    hf = tiny_gpt2(tmp_path / 'hf')  # block_size 64
     text = ' = Valkyria Chronicles III = \n\n' + ''.join(
         f" Senjō no Valkyria {i} is a tactical role @-@ playing video game released in 201{i} . \n" for i in range(9))
     (tmp_path / 'wiki.txt').write_text(text, encoding='utf-8')
@@ -229,10 +233,10 @@ def test_wikitext_perplexity_equals_transformers_token_by_token(tmp_path, script
     nats = 0.0
     for t in range(1, n):
         with torch.no_grad():
-            logits = hf(torch.tensor([ids[starts[t]:t]])).logits[0, -1].double()
+            logits = tiny_gpt2.hf(torch.tensor([ids[starts[t]:t]]), logits_to_keep=1).logits[0, -1].double()
         nats -= torch.log_softmax(logits, -1)[ids[t]].item()
-    p = script('eval.py', f'--init_from={tmp_path / "hf"}', '--task=wikitext', f'--wikitext_path={tmp_path / "wiki.txt"}',
-               f'--stride={stride}', '--device=cpu', '--json=True')
+    p = script('eval.py', f'--init_from={tiny_gpt2.folder}', '--task=wikitext',
+               f'--wikitext_path={tmp_path / "wiki.txt"}', f'--stride={stride}', '--device=cpu', '--json=True')
     got = results(p)['wikitext']
     first = len(tiktoken.get_encoding('gpt2').decode_single_token_bytes(ids[0]))
     assert got['tokens'] == n - 1

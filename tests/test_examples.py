@@ -11,7 +11,7 @@ import torch
 
 import corpus
 import vocabulary
-from conftest import REPO, TINY, assert_one_line_error, run
+from conftest import REPO, TINY, assert_one_line_error, in_process
 from test_train import losses
 
 sys.path.insert(0, str(REPO / 'data' / 'images'))
@@ -30,11 +30,11 @@ def problems_of(folder, split):
 @pytest.fixture(scope='module')
 def addition2(tmp_path_factory):
     folder = tmp_path_factory.mktemp('addition') / 'add2'
-    run('data/addition/prepare.py', f'--out_dir={folder}')
+    in_process('data/addition/prepare.py', f'--out_dir={folder}')
     return folder
 
 
-def test_addition_problems_are_all_there_disjoint_and_written_backwards(addition2):
+def test_addition_problems_are_all_there_disjoint_and_written_backwards(addition2, script):
     train, test = problems_of(addition2, 'train'), problems_of(addition2, 'val')
     assert (len(train), len(test)) == (9000, 1000)
     assert not set(train) & set(test)
@@ -46,10 +46,10 @@ def test_addition_problems_are_all_there_disjoint_and_written_backwards(addition
     meta = json.loads((addition2 / 'meta.json').read_text())
     assert meta == {'vocab_size': 12, 'chars': CHARS, 'example_len': 9, 'loss_from': 5, 'addition': {'digits': 2}}
     again = addition2.parent / 'again'
-    run('data/addition/prepare.py', f'--out_dir={again}')
+    script('data/addition/prepare.py', f'--out_dir={again}')
     assert (again / 'train.bin').read_bytes() == (addition2 / 'train.bin').read_bytes()  # deterministic
     sampled = addition2.parent / 'add5'
-    run('data/addition/prepare.py', '--digits=5', '--max_problems=2000', f'--out_dir={sampled}')
+    script('data/addition/prepare.py', '--digits=5', '--max_problems=2000', f'--out_dir={sampled}')
     train5, test5 = problems_of(sampled, 'train'), problems_of(sampled, 'val')
     assert (len(train5), len(test5)) == (1800, 200) and not {p[:11] for p in train5} & {p[:11] for p in test5}
 
@@ -83,7 +83,7 @@ def test_example_runs_resume_exactly(addition2, tmp_path, script):
 @pytest.mark.slow  # trains until the table is learnt
 def test_a_tiny_model_learns_one_digit_addition(tmp_path, script):
     folder = tmp_path / 'add1'
-    run('data/addition/prepare.py', '--digits=1', f'--out_dir={folder}')
+    script('data/addition/prepare.py', '--digits=1', f'--out_dir={folder}')
     # all 100 one-digit problems to learn and to be scored on: the whole table, learnt (generalising to
     # problems never seen is what the 2-digit recipe shows: README, Addition)
     table = (folder / 'train.bin').read_bytes() + (folder / 'val.bin').read_bytes()
@@ -140,9 +140,9 @@ def write_squares(folder, n=24, size=12):
 def test_image_pipeline_prepares_trains_and_draws_a_png(tmp_path, script):
     from PIL import Image
     data = tmp_path / 'squares'
-    p = run('data/images/prepare.py', f'--input={write_squares(tmp_path / "pngs")}', '--size=12', '--k=5',
-            '--val_fraction=0.25', f'--out_dir={data}')
-    assert '18 training and 6 val images of 12x12, 5 colours (mean error 0.0 of 255' in p.stdout
+    p = script('data/images/prepare.py', f'--input={write_squares(tmp_path / "pngs")}', '--size=12', '--k=5',
+               '--val_fraction=0.25', f'--out_dir={data}')
+    assert '18 training and 6 val images of 12x12, 5 colours (mean error 0.0 of 255' in p.out
     meta = json.loads((data / 'meta.json').read_text())
     assert meta['vocab_size'] == 6 and meta['example_len'] == 145 and meta['loss_from'] == 0
     assert (data / 'val.bin').stat().st_size == 6 * 145 * 2
@@ -165,20 +165,19 @@ def test_image_pipeline_prepares_trains_and_draws_a_png(tmp_path, script):
     assert not hf.exists()
 
 
-@pytest.mark.slow  # subprocesses
-def test_image_inputs_mistakes_are_one_line(tmp_path):
+def test_image_inputs_mistakes_are_one_line(tmp_path, script):
     empty = tmp_path / 'empty'
     empty.mkdir()
     (empty / 'notes.txt').write_text('no images here')
-    p = run('data/images/prepare.py', f'--input={empty}', f'--out_dir={tmp_path / "out"}', check=False)
+    p = script('data/images/prepare.py', f'--input={empty}', f'--out_dir={tmp_path / "out"}', check=False)
     assert_one_line_error(p, f"--input={empty} holds no images (.png, .jpg")
     np.save(tmp_path / 'gray.npy', np.zeros((4, 8, 8), dtype=np.uint8))
-    p = run('data/images/prepare.py', f'--input={tmp_path / "gray.npy"}', check=False)
+    p = script('data/images/prepare.py', f'--input={tmp_path / "gray.npy"}', check=False)
     assert_one_line_error(p, "holds a uint8 array of shape (4, 8, 8); give (N, H, W, 3) uint8 RGB")
     assert not os.path.exists(tmp_path / 'out')
 
 
-def test_fewer_colours_than_k_make_the_palette_exactly(tmp_path):
+def test_fewer_colours_than_k_make_the_palette_exactly(tmp_path, script):
     """Regression: images with fewer distinct colours than --k (default 512) were refused ("lower --k");
     now the palette is those colours, and every pixel keeps its own colour."""
     from PIL import Image
@@ -189,10 +188,10 @@ def test_fewer_colours_than_k_make_the_palette_exactly(tmp_path):
     for i in range(8):
         Image.fromarray(colours[rng.integers(0, 7, (8, 8))]).save(pngs / f'{i}.png')
     data = tmp_path / 'data'
-    p = run('data/images/prepare.py', f'--input={pngs}', '--size=8', f'--out_dir={data}')
+    p = script('data/images/prepare.py', f'--input={pngs}', '--size=8', f'--out_dir={data}')
     assert ("note: the training images have 7 distinct colours, fewer than k=512: the palette is exactly "
-            "those colours") in p.stdout
-    assert '7 training and 1 val images of 8x8, 7 colours (mean error 0.0 of 255' in p.stdout
+            "those colours") in p.out
+    assert '7 training and 1 val images of 8x8, 7 colours (mean error 0.0 of 255' in p.out
     meta = json.loads((data / 'meta.json').read_text())
     assert sorted(map(tuple, meta['image']['palette'])) == sorted(map(tuple, colours.tolist()))
     assert meta['vocab_size'] == 8 and vocabulary.vocab_size_of(vocabulary.read_vocab(data)) == 8

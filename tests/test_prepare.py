@@ -45,12 +45,13 @@ def test_char_tiny_shakespeare_counts(tmp_path):
     assert train + val == text
 
 
-def test_char_cli_roundtrip_and_rerun_identical(tmp_path):
+def test_char_cli_roundtrip_and_rerun_identical(tmp_path, script, monkeypatch):
     src = tmp_path / 'small.txt'
     src.write_text(TEXT, encoding='utf-8')
     out = tmp_path / 'small_char'
-    p = run('data/shakespeare_char/prepare.py', f'--input={src}', f'--out_dir={out}', cwd=tmp_path)
-    assert f"train has {int(0.9 * len(TEXT)):,} tokens" in p.stdout
+    monkeypatch.chdir(tmp_path)
+    p = script('data/shakespeare_char/prepare.py', f'--input={src}', f'--out_dir={out}')
+    assert f"train has {int(0.9 * len(TEXT)):,} tokens" in p.out
     meta, (train, val) = decode_char(out)
     assert train + val == TEXT and len(train) == int(0.9 * len(TEXT))
     assert meta == {'vocab_size': len(set(TEXT)), 'chars': sorted(set(TEXT))}
@@ -58,7 +59,7 @@ def test_char_cli_roundtrip_and_rerun_identical(tmp_path):
     assert (out / 'input.txt').read_text(encoding='utf-8') == TEXT
     first = digests(out)
     # the second run finds input.txt in out_dir and needs neither --input nor the network
-    run('data/shakespeare_char/prepare.py', f'--out_dir={out}', cwd=tmp_path)
+    script('data/shakespeare_char/prepare.py', f'--out_dir={out}')
     assert digests(out) == first and set(first) == {'input.txt', 'meta.json', 'train.bin', 'val.bin'}
 
 
@@ -195,7 +196,14 @@ def write(path, content):
 TOO_MANY_CHARS = ''.join(map(chr, range(0x10000, 0x10000 + 2**16 + 1)))  # code points past the surrogates
 
 
-@pytest.mark.parametrize('script, content, message', [
+def in_tmp(script, tmp_path, monkeypatch, prepare, *args):
+    """A prepare.py run in this process from tmp_path (openwebtext's with one tokenizer process: none is
+    forked from this one) -> SimpleNamespace(code, out, err)."""
+    monkeypatch.chdir(tmp_path)
+    return script(prepare, *args, *(['--num_proc=1'] if 'openwebtext' in prepare else []), check=False)
+
+
+@pytest.mark.parametrize('prepare, content, message', [
     ('data/shakespeare_char/prepare.py', None, 'no such file'),
     # regression: a folder given as --input was called 'no such file'
     ('data/shakespeare_char/prepare.py', 'a folder', 'is a directory'),
@@ -206,40 +214,38 @@ TOO_MANY_CHARS = ''.join(map(chr, range(0x10000, 0x10000 + 2**16 + 1)))  # code 
     ('data/shakespeare/prepare.py', '', 'is empty'),
     pytest.param('data/openwebtext/prepare.py', '', 'is empty', marks=needs_gpt2_bpe),  # it loads the BPE first
 ], ids=['char-missing', 'char-folder', 'char-empty', 'char-not-utf8', 'char-vocab-too-large', 'bpe-empty', 'owt-empty'])
-def test_bad_input_exits_with_one_line_and_writes_no_bin(tmp_path, script, content, message):
+def test_bad_input_exits_with_one_line_and_writes_no_bin(tmp_path, hf_cache, script, monkeypatch, prepare, content,
+                                                         message):
     src = tmp_path / 'in.txt'
     if content == 'a folder':
         src.mkdir()
     elif content is not None:
         write(src, content)
     out = tmp_path / 'out'
-    p = run(script, f'--input={src}', f'--out_dir={out}', cwd=tmp_path, check=False,
-            env={'HF_DATASETS_CACHE': str(tmp_path / 'hf_cache')})
-    assert p.returncode == 2
-    assert p.stderr.strip().splitlines() == [p.stderr.strip()] and message in p.stderr, p.stderr
+    p = in_tmp(script, tmp_path, monkeypatch, prepare, f'--input={src}', f'--out_dir={out}')
+    assert p.code == 2
+    assert p.err.strip().splitlines() == [p.err.strip()] and message in p.err, p.err
     assert not list(tmp_path.rglob('*.bin')) and not list(tmp_path.rglob('*.tmp'))
 
 
-@pytest.mark.parametrize('script', ['data/shakespeare_char/prepare.py', 'data/shakespeare/prepare.py',
-                                    pytest.param('data/openwebtext/prepare.py', marks=needs_gpt2_bpe)])
-def test_bad_out_dir_is_one_line(tmp_path, script):
+@pytest.mark.parametrize('prepare', ['data/shakespeare_char/prepare.py', 'data/shakespeare/prepare.py',
+                                     pytest.param('data/openwebtext/prepare.py', marks=needs_gpt2_bpe)])
+def test_bad_out_dir_is_one_line(tmp_path, hf_cache, script, monkeypatch, prepare):
     """Regression: --out_dir naming an existing file ended in a FileExistsError traceback from makedirs."""
     src, out = write(tmp_path / 'in.txt', TEXT), write(tmp_path / 'taken', 'not a folder')
-    p = run(script, f'--input={src}', f'--out_dir={out}', cwd=tmp_path, check=False,
-            env={'HF_DATASETS_CACHE': str(tmp_path / 'hf_cache')})
-    assert p.returncode == 2 and 'Traceback' not in p.stderr, p.stderr
-    assert p.stderr.strip() == f"error: out_dir '{out}' is a file, not a folder; choose another with --out_dir="
+    p = in_tmp(script, tmp_path, monkeypatch, prepare, f'--input={src}', f'--out_dir={out}')
+    assert p.code == 2 and 'Traceback' not in p.err, p.err
+    assert p.err.strip() == f"error: out_dir '{out}' is a file, not a folder; choose another with --out_dir="
     assert out.read_text() == 'not a folder'
     # regression: an out_dir that cannot be created (here: under a file) was a FileNotFoundError traceback
-    if 'openwebtext' in script:  # it needs two documents to get that far: a folder of .txt files
+    if 'openwebtext' in prepare:  # it needs two documents to get that far: a folder of .txt files
         src = tmp_path / 'docs'
         src.mkdir()
         write(src / 'a.txt', TEXT), write(src / 'b.txt', TEXT)
-    p = run(script, f'--input={src}', f'--out_dir={out / "sub"}', cwd=tmp_path, check=False,
-            env={'HF_DATASETS_CACHE': str(tmp_path / 'hf_cache')})
-    assert p.returncode != 0 and 'Traceback' not in p.stderr, p.stderr
-    assert p.stderr.strip().splitlines()[-1] == (f"error: cannot create out_dir '{out / 'sub'}' (Not a "
-                                                 f"directory); choose another with --out_dir="), p.stderr
+    p = in_tmp(script, tmp_path, monkeypatch, prepare, f'--input={src}', f'--out_dir={out / "sub"}')
+    assert p.code != 0 and 'Traceback' not in p.err, p.err
+    assert p.err.strip().splitlines()[-1] == (f"error: cannot create out_dir '{out / 'sub'}' (Not a "
+                                              f"directory); choose another with --out_dir="), p.err
 
 
 @pytest.mark.parametrize('split', ['train', 'val'])

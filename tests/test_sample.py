@@ -203,12 +203,13 @@ def test_from_pretrained_directory(tmp_path, sample):
                             temperature=0.8, top_k=200)
 
 
-def test_missing_checkpoint_is_one_line(tmp_path):
+def test_missing_checkpoint_is_one_line(tmp_path, script, monkeypatch):
     (tmp_path / 'out').mkdir()
     (tmp_path / 'out' / 'notes.txt').write_text('')
-    p = run('sample.py', '--out_dir=out', cwd=tmp_path, check=False)
-    assert p.returncode == 2 and 'Traceback' not in p.stderr
-    assert p.stderr.strip().splitlines()[-1] == (
+    monkeypatch.chdir(tmp_path)
+    p = script('sample.py', '--out_dir=out', check=False)
+    assert p.code == 2 and 'Traceback' not in p.err
+    assert p.err.strip().splitlines()[-1] == (
         "error: no checkpoint out/ckpt.pt (out holds: notes.txt); train one first, e.g. "
         "python train.py config/train_shakespeare_char.py --out_dir=out")
 
@@ -313,14 +314,13 @@ def test_ctrl_c_and_a_closed_pipe_end_quietly(char_ckpt, sample, monkeypatch, tm
 def test_sample_from_train_py_checkpoint(char_dataset, tmp_path, script, monkeypatch):
     """Also a regression: a dataset folder given as a relative path was stored as typed, so sample.py run
     from another folder could not find its meta.pkl."""
-    out, env = tmp_path / 'out', {'OMP_NUM_THREADS': '1'}  # a tiny model runs faster on one thread
-    with monkeypatch.context() as m:
-        m.chdir(tmp_path)
-        script('train.py', *TINY, f'--dataset={os.path.relpath(char_dataset, tmp_path)}', f'--out_dir={out}')
+    out = tmp_path / 'out'
+    monkeypatch.chdir(tmp_path)
+    script('train.py', *TINY, f'--dataset={os.path.relpath(char_dataset, tmp_path)}', f'--out_dir={out}')
     (tmp_path / 'elsewhere').mkdir()
-    p = run('sample.py', f'--out_dir={out}', '--device=cpu', '--num_samples=2', '--max_new_tokens=20',
-            '--start=All:', cwd=tmp_path / 'elsewhere', env=env)
-    got = samples(p.stdout)
+    monkeypatch.chdir(tmp_path / 'elsewhere')
+    p = script('sample.py', f'--out_dir={out}', '--device=cpu', '--num_samples=2', '--max_new_tokens=20', '--start=All:')
+    got = samples(p.out)
     assert len(got) == 2 and all(s.startswith('All:') and len(s) == 24 for s in got)
 
 

@@ -1,9 +1,10 @@
 """train.py end to end on a tiny character dataset: learning, checkpoints, exact resume, interruption,
 non-finite losses and bad input. Run: python -m pytest -q tests/test_train.py
 
-Most runs go through the `script` fixture (train.py in this process); the ones about signals and pipes
-are real subprocesses, marked slow."""
+Most runs go through the `script` fixture (train.py in this process), those stopped by a signal too
+(signals_at sends it); the ones about pipes and SIGKILL are real subprocesses, marked slow."""
 import ast
+import contextlib
 import math
 import os
 import re
@@ -11,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from types import SimpleNamespace
 
@@ -19,8 +21,9 @@ import torch
 
 import checkpoint
 import corpus
-from conftest import (_run_here, REPO, TINY, TRAINED, assert_one_line_error, chars_of, overwrite_largest_tensor,
-                      write_char_dataset)
+import runtime
+from conftest import (_run_here, REPO, TINY, TRAINED, assert_one_line_error, chars_of, in_process,
+                      overwrite_largest_tensor, write_char_dataset)
 from model import GPT, GPTConfig
 
 SHAPE_FLAGS = ('--n_layer', '--n_head', '--n_embd', '--block_size')
@@ -149,36 +152,53 @@ def test_finetune_from_local_hf_directory(tmp_path, tiny_data, train, script):
                              f"--block_size=64")
 
 
-def start_long_run(data, out, *args):
-    """A tiny training run that would go on for a long time, to be interrupted."""
-    return subprocess.Popen([sys.executable, str(REPO / 'train.py'), *TINY, f'--dataset={data}',
-                             f'--out_dir={out}', '--max_iters=100000', '--eval_interval=1000', *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1'))
+LONG_RUN = ['--max_iters=100000', '--eval_interval=1000']  # a run that would go on for a long time
 
 
-def interrupt_at(proc, prefix, *signals):
-    """Send signals once a stdout line starts with prefix; then (stdout after it, stderr)."""
-    for line in proc.stdout:
-        if line.startswith(prefix):
-            for s in signals:
-                proc.send_signal(s)
-            break
-    return proc.communicate(timeout=120)
+@contextlib.contextmanager
+def signals_at(prefix, *signals, delay=0.0):
+    """While in it, the line of train.py's log that starts with prefix is followed by signals to this
+    process, as a Ctrl-C in a terminal sends them (train.py runs in this process, whose main thread runs
+    its handlers): at once, or after delay seconds from another thread while the run goes on. Yields a list
+    that gets the time they were sent. A delayed signal not yet sent when the run ends is not sent. A run
+    that would quit at once (os._exit, which would end this process too) raises an AssertionError instead."""
+    log, sent, timers = runtime.log, [], []
+
+    def quit_at_once(code):
+        raise AssertionError(f"os._exit({code}): the run quit at once, without a checkpoint")
+
+    def send():
+        sent.append(time.time())
+        for s in signals:
+            os.kill(os.getpid(), s)
+
+    def log_then_signal(msg):
+        log(msg)
+        if msg.startswith(prefix) and delay:
+            timers.append(threading.Timer(delay, send))
+            timers[-1].start()
+        elif msg.startswith(prefix):
+            send()
+    try:
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(runtime, 'log', log_then_signal)
+            m.setattr(os, '_exit', quit_at_once)
+            yield sent
+    finally:
+        for timer in timers:
+            timer.cancel()
 
 
 @pytest.fixture(scope='module')
 def stopped(tiny_data, tmp_path_factory):
-    """A long run (a subprocess) sent a SIGINT and at once a SIGTERM, as a launcher that passes a Ctrl-C on
-    sends them, at its 'iter 5:' line: SimpleNamespace(code, out (after that line), err, out_dir). Tests
-    that resume it work on a copy."""
+    """A long run sent a SIGINT and at once a SIGTERM, as a launcher that passes a Ctrl-C on sends them,
+    at its 'iter 5:' line: SimpleNamespace(code, out, err, out_dir). Tests that resume it work on a copy."""
     out_dir = tmp_path_factory.mktemp('stopped') / 'out'
-    proc = start_long_run(tiny_data, out_dir)
-    out, err = interrupt_at(proc, 'iter 5:', signal.SIGINT, signal.SIGTERM)
-    return SimpleNamespace(code=proc.returncode, out=out, err=err, out_dir=out_dir)
+    with signals_at('iter 5:', signal.SIGINT, signal.SIGTERM):
+        p = in_process('train.py', *TINY, f'--dataset={tiny_data}', f'--out_dir={out_dir}', *LONG_RUN, check=False)
+    return SimpleNamespace(code=p.code, out=p.out, err=p.err, out_dir=out_dir)
 
 
-@pytest.mark.slow  # a subprocess
 def test_sigint_saves_the_last_completed_iteration(stopped, tiny_data, tmp_path, train):
     """The stop (a SIGINT, followed by a SIGTERM as in test_sigterm_after_sigint_still_saves) saves the last
     completed iteration, and a resumed run goes on from it."""
@@ -193,14 +213,14 @@ def test_sigint_saves_the_last_completed_iteration(stopped, tiny_data, tmp_path,
     assert f'step {last}: train loss' in p.out
 
 
-@pytest.mark.slow  # a subprocess
 def test_sigint_keeps_the_best_checkpoint_without_always_save(tiny_data, tmp_path, train):
     """Regression: with always_save_checkpoint=False, Ctrl-C wrote the current weights over the
     best-val checkpoint. The stop's state goes to interrupted.pt, which resume reads."""
     out_dir = tmp_path / 'out'
-    proc = start_long_run(tiny_data, out_dir, '--always_save_checkpoint=False', '--eval_interval=3')
-    out, err = interrupt_at(proc, 'iter 5:', signal.SIGINT)
-    assert proc.returncode == 130, err
+    with signals_at('iter 5:', signal.SIGINT):
+        p = train(tiny_data, out_dir, *LONG_RUN, '--always_save_checkpoint=False', '--eval_interval=3', check=False)
+    out, err = p.out, p.err
+    assert p.code == 130, err
     last = int(re.search(r'stopped by SIGINT at iter (\d+)', err).group(1))
     best, stopped = load(out_dir / 'ckpt.pt'), load(out_dir / 'interrupted.pt')
     assert stopped['iter_num'] == last and not stopped['evaluated']
@@ -252,23 +272,14 @@ def test_kill_during_save_leaves_a_loadable_checkpoint(tiny_data, tmp_path):
     GPT(GPTConfig(**ckpt['model_args'])).load_state_dict(ckpt['model'])  # and its weights fit the model
 
 
-@pytest.mark.slow  # a subprocess
-def test_ctrl_c_during_a_long_evaluation_stops_at_once(trained, trained_copy):
+def test_ctrl_c_during_a_long_evaluation_stops_at_once(trained, trained_copy, train):
     """Regression: evaluation ran its eval_iters batches to the end before a Ctrl-C was noticed (45 s
     with no output). It checks between batches; the step is saved unevaluated."""
-    proc = subprocess.Popen([sys.executable, str(REPO / 'train.py'), *TINY, f'--dataset={trained.data}',
-                             f'--out_dir={trained_copy}', '--init_from=resume', '--max_iters=1000',
-                             '--eval_interval=61', '--eval_iters=100000'],  # an evaluation of minutes at iter 61
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1'))
-    for line in proc.stdout:
-        if line.startswith('iter 61:'):
-            break
-    time.sleep(0.5)  # well into the evaluation
-    t0 = time.time()
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and time.time() - t0 < 10, err
+    with signals_at('iter 61:', signal.SIGINT, delay=0.5) as sent:  # 0.5 s: well into the evaluation
+        p = train(trained.data, trained_copy, '--init_from=resume', '--max_iters=1000', '--eval_interval=61',
+                  '--eval_iters=100000', check=False)  # an evaluation of minutes at iter 61
+    out, err = p.out, p.err
+    assert p.code == 130 and len(sent) == 1 and time.time() - sent[0] < 10, err
     assert 'step 61' not in out and 'stopped by SIGINT at iter 61' in err
     ckpt = load(trained_copy / 'ckpt.pt')
     assert ckpt['iter_num'] == 61 and ckpt['evaluated'] is False
@@ -462,7 +473,6 @@ def test_wandb_offline_and_resume_continues_the_run(tiny_data, tmp_path, train, 
     assert load(tmp_path / 'out' / 'ckpt.pt')['wandb_run_id'] == run_id
 
 
-@pytest.mark.slow  # a subprocess
 def test_sigterm_after_sigint_still_saves(stopped):
     """Regression: a SIGTERM that follows a Ctrl-C (a launcher passing the stop on) counted as a second
     Ctrl-C and killed the run without a checkpoint. Only a repeated SIGINT quits at once."""
