@@ -1,0 +1,98 @@
+"""Batch-1 decoding on a CPU: every one-row matmul in the faster of two forms, chosen once per process.
+
+A decoding step at batch 1 multiplies one row by each weight matrix: two FLOPs per weight read, so the
+step runs as fast as the weights can be read. Two forms give the same products:
+  'plain'  F.linear: one BLAS SGEMM with a single column;
+  'split'  the weight's rows cut into one chunk per thread: one batched matmul (SGEMM_BATCH), whose
+           chunks run on separate threads.
+Which is faster depends on the CPU and its BLAS. With MKL on a 2-core AMD EPYC, MKL runs the plain
+form on one core (see the README's Sampling section for the measurements); the split form reads the
+weights with every core. On a 2-core Intel Xeon with AMX the plain form was the faster one.
+'auto' times both forms on the model's own decoding step and keeps the faster for the rest of the
+process; 'plain' and 'split' force one (for benchmarks). The forms give the same tokens (tested).
+
+    form = decoding.install(model, 'auto')   # before generate(): 'plain' or 'split', the form in use
+"""
+import statistics
+import time
+from functools import partial
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+FORMS = ('auto', 'plain', 'split')
+_chosen = {}  # (weight shapes, threads, dtype) -> the form the timing chose, once per process
+
+
+def split_linear(linear, x):
+    """linear(x), for one row x as a batched matmul over row chunks of the weight, one per thread.
+    Several rows, a GPU, torch.compile or a thread count that does not divide the rows: plain F.linear."""
+    n, out_features = torch.get_num_threads(), linear.out_features
+    if (x.numel() != linear.in_features or n == 1 or out_features % n or x.device.type != 'cpu'
+            or torch.compiler.is_compiling()):
+        return F.linear(x, linear.weight, linear.bias)
+    w = linear.weight.view(n, out_features // n, linear.in_features)  # (n, out / n, in)
+    x_col = x.reshape(1, -1).t().expand(n, -1, -1)  # (n, in, 1): the same row for every chunk
+    if linear.bias is None:
+        y = torch.bmm(w, x_col)
+    else:
+        y = torch.baddbmm(linear.bias.view(n, -1, 1), w, x_col)  # (n, out / n, 1)
+    return y.view(x.shape[:-1] + (out_features,))
+
+
+def use(model, form):
+    """Compute model's nn.Linear layers in form, 'plain' or 'split' (the split only acts on one row)."""
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            if form == 'split':
+                m.forward = partial(split_linear, m)  # an instance attribute: the class stays nn.Linear
+            else:
+                m.__dict__.pop('forward', None)
+
+
+@torch.no_grad()
+def time_forms(model, rounds=5, steps=2):
+    """{form: [seconds per one-token forward, one figure per round]}, the forms interleaved; one
+    untimed round first. The random state is left as it was (dropout in training mode draws)."""
+    idx = torch.zeros((1, 1), dtype=torch.long, device=model.lm_head.weight.device)
+    times = {'plain': [], 'split': []}
+    with torch.random.fork_rng(devices=[]):
+        for r in range(rounds + 1):
+            for form in times:
+                use(model, form)
+                t0 = time.perf_counter()
+                for _ in range(steps):
+                    model(idx)
+                if r:
+                    times[form].append((time.perf_counter() - t0) / steps)
+    return times
+
+
+def faster(times):
+    """The form with the lower median time in times ({form: [seconds, ...]}); 'plain' on a tie."""
+    return min(sorted(times), key=lambda form: (statistics.median(times[form]), form != 'plain'))
+
+
+def choose(model):
+    """'split' or 'plain' for model: 'plain' on a GPU or with one thread, else the faster by time_forms,
+    timed once per process for each shape of model and thread count."""
+    weight = model.lm_head.weight
+    if weight.device.type != 'cpu' or torch.get_num_threads() == 1:
+        return 'plain'
+    shapes = tuple((m.in_features, m.out_features, m.bias is not None) for m in model.modules()
+                   if isinstance(m, nn.Linear))
+    key = (shapes, torch.get_num_threads(), weight.dtype)
+    if key not in _chosen:
+        _chosen[key] = faster(time_forms(model))
+    return _chosen[key]
+
+
+def install(model, form='auto'):
+    """Make model's batch-1 decoding use form: 'auto' (chosen by choose), 'plain' or 'split'. Returns
+    the form in use. Only the forward of model's nn.Linear modules changes, and only for one row."""
+    if form not in FORMS:
+        raise ValueError(f"decode_form={form!r}: use one of {', '.join(FORMS)}")
+    form = choose(model) if form == 'auto' else form
+    use(model, form)
+    return form
