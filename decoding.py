@@ -13,6 +13,7 @@ process; 'plain' and 'split' force one (for benchmarks). The forms give the same
 
     form = decoding.install(model, 'auto')   # before generate(): 'plain' or 'split', the form in use
 """
+import math
 import statistics
 import time
 from functools import partial
@@ -26,10 +27,10 @@ _chosen = {}  # (weight shapes, threads, dtype) -> the form the timing chose, on
 
 
 def split_linear(linear, x):
-    """linear(x), for one row x as a batched matmul over row chunks of the weight, one per thread.
-    Several rows, a GPU, torch.compile or a thread count that does not divide the rows: plain F.linear."""
-    n, out_features = torch.get_num_threads(), linear.out_features
-    if (x.numel() != linear.in_features or n == 1 or out_features % n or x.device.type != 'cpu'
+    """linear(x), for one row x as a batched matmul over row chunks of the weight, one per thread (two
+    with one thread). Several rows, a GPU, torch.compile, or rows that do not divide: plain F.linear."""
+    n, out_features = max(2, torch.get_num_threads()), linear.out_features
+    if (x.numel() != linear.in_features or out_features % n or x.device.type != 'cpu'
             or torch.compiler.is_compiling()):
         return F.linear(x, linear.weight, linear.bias)
     w = linear.weight.view(n, out_features // n, linear.in_features)  # (n, out / n, in)
@@ -52,11 +53,12 @@ def use(model, form):
 
 
 @torch.no_grad()
-def time_forms(model, rounds=5, steps=2):
-    """{form: [seconds per one-token forward, one figure per round]}, the forms interleaved; one
-    untimed round first. The random state is left as it was (dropout in training mode draws)."""
+def time_forms(model, rounds=5, min_seconds=0.01):
+    """{form: [seconds per one-token forward, one figure per round]}, the forms interleaved. An untimed
+    round first sizes each figure to at least min_seconds of steps, so that a moment of another program
+    on the CPU is a fraction of it. The random state is left as it was (dropout in training draws)."""
     idx = torch.zeros((1, 1), dtype=torch.long, device=model.lm_head.weight.device)
-    times = {'plain': [], 'split': []}
+    times, steps = {'plain': [], 'split': []}, 1
     with torch.random.fork_rng(devices=[]):
         for r in range(rounds + 1):
             for form in times:
@@ -64,8 +66,9 @@ def time_forms(model, rounds=5, steps=2):
                 t0 = time.perf_counter()
                 for _ in range(steps):
                     model(idx)
-                if r:
-                    times[form].append((time.perf_counter() - t0) / steps)
+                times[form].append((time.perf_counter() - t0) / steps)
+            if r == 0:  # the warm-up round: its figures go
+                steps = max(1, math.ceil(min_seconds / min(t.pop() for t in times.values())))
     return times
 
 
@@ -75,10 +78,10 @@ def faster(times):
 
 
 def choose(model):
-    """'split' or 'plain' for model: 'plain' on a GPU or with one thread, else the faster by time_forms,
-    timed once per process for each shape of model and thread count."""
+    """'split' or 'plain' for model: 'plain' on a GPU, else the faster by time_forms, timed once per
+    process for each shape of model and thread count."""
     weight = model.lm_head.weight
-    if weight.device.type != 'cpu' or torch.get_num_threads() == 1:
+    if weight.device.type != 'cpu':
         return 'plain'
     shapes = tuple((m.in_features, m.out_features, m.bias is not None) for m in model.modules()
                    if isinstance(m, nn.Linear))

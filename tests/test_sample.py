@@ -133,8 +133,6 @@ def test_same_text_in_a_fresh_process(char_ckpt, sample, tmp_path):
 def test_both_decode_forms_print_the_same_text(char_ckpt, sample, monkeypatch):
     """The split form of a batch-1 step's matmuls (decoding.py) runs, and draws what the plain form draws."""
     out_dir, _, _ = char_ckpt
-    torch.set_num_threads(2)  # one thread has nothing to split over; the fixture restores the count
-    monkeypatch.setenv('OMP_NUM_THREADS', '2')  # so that a busy machine does not take a thread away
     split = []
     monkeypatch.setattr(torch, 'baddbmm', lambda *a, _real=torch.baddbmm: split.append(1) or _real(*a))
     args = [f'--out_dir={out_dir}', '--num_samples=1', '--max_new_tokens=30', '--start=A']
