@@ -1,15 +1,17 @@
 """Batch-1 decoding on a CPU: every one-row matmul in the faster of two forms, chosen once per process.
 
 A decoding step at batch 1 multiplies one row by each weight matrix: two FLOPs per weight read, so the
-step runs as fast as the weights can be read. Two forms give the same products:
+step runs as fast as the weights can be read. Two forms give the same products (to float rounding):
   'plain'  F.linear: one BLAS SGEMM with a single column;
-  'split'  the weight's rows cut into one chunk per thread: one batched matmul (SGEMM_BATCH), whose
-           chunks run on separate threads.
-Which is faster depends on the CPU and its BLAS. With MKL on a 2-core AMD EPYC, MKL runs the plain
-form on one core (see the README's Sampling section for the measurements); the split form reads the
-weights with every core. On a 2-core Intel Xeon with AMX the plain form was the faster one.
-'auto' times both forms on the model's own decoding step and keeps the faster for the rest of the
-process; 'plain' and 'split' force one (for benchmarks). The forms give the same tokens (tested).
+  'split'  the weight's rows cut into one chunk per thread (two with one thread): one batched matmul
+           (SGEMM_BATCH), whose chunks run on separate threads.
+Which is faster depends on the CPU and its BLAS. With MKL on a 2-core AMD EPYC the plain SGEMM runs
+on one thread (its second thread did 3% of the CPU work) and reads weights that are not in the cache
+slowly even there: on one thread, the split form ran the decode loop 1.5x faster. So the whole loop
+gained more than hot-cache matmul timings show (README, Sampling). On a 2-core Intel Xeon with AMX the
+plain form was the faster one.
+'auto' times both forms on the model's own one-token step and keeps the faster for the rest of the
+process; 'plain' and 'split' force one (benchmarks, exact reruns). They sample the same tokens (tested).
 
     form = decoding.install(model, 'auto')   # before generate(): 'plain' or 'split', the form in use
 """
