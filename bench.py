@@ -7,6 +7,7 @@
     python bench.py --mode=sample --batch_size=1      # generation tokens/s, KV cache vs full recompute
     python bench.py --mode=sample --batch_size=1 --device=cpu --steps=1   # the same in about a minute on a CPU
     python bench.py --mode=chat --device=cpu --steps=3 --max_new_tokens=32   # a chat's turn 5: cache kept or not
+    python bench.py config/bench_sample_char.py --decode_form=both   # also each one-row matmul form (decoding.py)
     python bench.py --json=True                       # also one JSON object on stdout's last line
     python bench.py config/bench_cpu_tiny.py --lora_rank=8   # LoRA: what its training state saves
     torchrun --standalone --nproc_per_node=2 bench.py --fsdp=True   # DDP, or with --fsdp=True FSDP, per process
@@ -31,6 +32,7 @@ import torch
 import chat
 import corpus
 import lora
+import decoding
 import runtime
 import sampling
 import sharding
@@ -44,6 +46,9 @@ mode = 'train'  # 'train': forward + backward + step; 'sample': generate, cached
 steps = 20 # timed steps (train) or timed generate calls per variant (sample)
 warmup = 10 # untimed steps first (train): compilation, allocator and caches settle
 max_new_tokens = 200 # sample mode: tokens generated per call, from a one-token prompt
+temperature = 0.8 # sample mode: as sample.py's defaults
+top_k = 200
+decode_form = 'auto' # sample mode: one-row matmuls 'auto' (the faster here), 'plain', 'split'; 'both' times each
 # data
 real_data = False # windows of the dataset's train.bin; False: one batch of random tokens
 dataset = 'openwebtext' # a folder holding train.bin, else data/<dataset>
@@ -76,14 +81,17 @@ peak_flops = 0.0 # device peak FLOP/s for MFU; 0.0: the CUDA device's bf16 peak 
 profile = False # trace the timed steps with torch.profiler (open in TensorBoard or Perfetto)
 profile_dir = 'out-bench' # folder the trace is written to
 json = False # print one JSON object with every figure as the last line of stdout
-_positive = ('steps', 'max_new_tokens', 'batch_size', 'block_size', 'n_layer', 'n_head', 'n_embd', 'vocab_size')
-_non_negative = ('warmup', 'grad_clip', 'num_threads', 'peak_flops', 'lora_rank')
+_optional = ('top_k',)  # --top_k=None keeps every token
+_positive = ('steps', 'max_new_tokens', 'top_k', 'batch_size', 'block_size', 'n_layer', 'n_head', 'n_embd', 'vocab_size')
+_non_negative = ('temperature', 'warmup', 'grad_clip', 'num_threads', 'peak_flops', 'lora_rank')
 # -----------------------------------------------------------------------------
 config, given = configure(globals())
 # -----------------------------------------------------------------------------
 SIZES = ('batch_size', 'block_size', 'n_layer', 'n_head', 'n_embd', 'vocab_size')
 if mode not in ('train', 'sample', 'chat'):
     fail(f"mode={mode!r}: use 'train', 'sample' or 'chat'")
+if decode_form not in decoding.FORMS + ('both',):
+    fail(f"decode_form={decode_form!r}: use 'auto', 'plain', 'split' or 'both'")
 if profile:
     make_dir(profile_dir, 'profile_dir')
 ddp, rank, local_rank, world_size = runtime.ranks()  # launched by torchrun
@@ -167,25 +175,41 @@ if mode == 'sample':
     if max_new_tokens >= block_size:
         fail(f"max_new_tokens={max_new_tokens} must be < block_size={block_size}")
     model.to(device).eval()
+    t0 = time.perf_counter()
+    with ctx:  # the form batch-1 decoding uses; 'auto' times both forms once (decoding.py)
+        form = decoding.install(model, 'auto' if decode_form == 'both' else decode_form)
+    how = f"chosen in {(time.perf_counter() - t0) * 1000:.0f} ms" if decode_form in ('auto', 'both') else 'forced'
+    print(f"decode form: {form} ({how}; the split acts at batch 1 only)")
+    result['decode_form'] = form
+    # name: (use_cache, form); the uncached loop is nanoGPT's generate, each step re-encoding the sequence
+    variants = {'cached': (True, form)} if decode_form != 'both' else {'cached_plain': (True, 'plain'),
+                                                                        'cached_split': (True, 'split')}
+    variants['uncached'] = (False, 'plain')
     prompt = torch.zeros((batch_size, 1), dtype=torch.long, device=device)
-    with ctx:
-        for use_cache in (True, False):
-            model.generate(prompt, 8, use_cache=use_cache)  # burn-in: allocator and kernels settle
-    times = {True: [], False: []}
-    for _ in range(steps):  # interleaved, so a change in machine load hits both alike
-        for use_cache in (True, False):
+
+    def sample(variant, n):
+        use_cache, vform = variants[variant]
+        decoding.use(model, vform)
+        with ctx:
+            model.generate(prompt, n, temperature, top_k, use_cache=use_cache)
+
+    for variant in variants:
+        sample(variant, 8)  # burn-in: allocator and kernels settle
+    times = {variant: [] for variant in variants}
+    for _ in range(steps):  # interleaved, so a change in machine load hits every variant alike
+        for variant in variants:
             sync()
             t0 = time.perf_counter()
-            with ctx:
-                model.generate(prompt, max_new_tokens, use_cache=use_cache)
+            sample(variant, max_new_tokens)
             sync()
-            times[use_cache].append(time.perf_counter() - t0)
-    for use_cache, name in ((True, 'cached'), (False, 'uncached')):
-        s = summary(times[use_cache])
+            times[variant].append(time.perf_counter() - t0)
+    for name in variants:
+        s = summary(times[name])
         s['tokens_per_s'] = batch_size * max_new_tokens / (s['ms_median'] / 1000)
         result[name] = s
-        print(f"{name:>8}: {max_new_tokens} tokens x batch {batch_size} in {s['ms_median']:.1f} ms "
+        print(f"{name:>12}: {max_new_tokens} tokens x batch {batch_size} in {s['ms_median']:.1f} ms "
               f"(min {s['ms_min']:.1f}, max {s['ms_max']:.1f}), {s['tokens_per_s']:,.1f} tokens/s")
+    result['cached'] = result.get('cached') or result[f'cached_{form}']
     result['max_new_tokens'] = max_new_tokens
     result['cache_speedup'] = result['cached']['tokens_per_s'] / result['uncached']['tokens_per_s']
     print(f"KV cache speedup: {result['cache_speedup']:.2f}x")

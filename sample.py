@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 import corpus
+import decoding
 import loading
 import runtime
 import sampling
@@ -45,6 +46,7 @@ device = 'auto'       # 'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:
 dtype = 'auto'        # 'auto' (bfloat16 on GPUs that have it, float32 on CPU), 'float32', 'bfloat16', 'float16'
 batch = False         # draw all num_samples at once: faster, but each is printed only when all are done
 compile = False       # torch.compile the forward (a graph for the prompt, one for the steps); slower on CPU
+decode_form = 'auto'  # one-row matmuls at batch 1: 'auto' (the faster on this CPU, timed), 'plain', 'split'
 png = ''              # an image model: write num_samples images, and completions of held-out ones, to this PNG
 chat = False          # talk to a chat model: a user turn per line of input (a pipe works); Ctrl-C ends an answer,
                       # Ctrl-D (end of input) the talk; max_new_tokens is per answer
@@ -58,6 +60,8 @@ with redirect_stdout(sys.stderr):  # the configurator's messages; stdout carries
 # -----------------------------------------------------------------------------
 if top_p is not None and not (type(top_p) in (int, float) and 0 < top_p <= 1):
     fail(f"top_p={top_p!r} must be in (0, 1], or None")
+if decode_form not in decoding.FORMS:
+    fail(f"decode_form={decode_form!r}: use {', '.join(map(repr, decoding.FORMS))}")
 
 
 def unescape(s):
@@ -73,6 +77,9 @@ model.eval()
 model.to(device)
 if compile:
     model.compile()  # in place: torch.compile(model) would wrap it, and generate would call the unwrapped model
+else:
+    with ctx:  # a batch-1 step's matmuls in the faster form on this CPU (decoding.py); once per process
+        decoding.install(model, decode_form)
 tokenizer = vocabulary.Tokenizer(vocabulary.check_vocab(model.config.vocab_size, vocab, where))
 
 # ----------------------------------------------------------------------------- chat

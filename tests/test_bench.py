@@ -53,12 +53,17 @@ def test_sample_mode(bench):
     # the speedup is the ratio of the two median times, as printed
     assert r['cache_speedup'] == pytest.approx(r['uncached']['ms_median'] / r['cached']['ms_median'])
     assert f"KV cache speedup: {r['cache_speedup']:.2f}x" in p.out
+    assert r['decode_form'] in ('plain', 'split') and f"decode form: {r['decode_form']} (chosen in" in p.out
 
 
 def test_sample_config_is_the_shakespeare_char_shape(bench):
-    r = bench('config/bench_sample_char.py', '--steps=1', '--max_new_tokens=4', '--json=True').result
+    p = bench('config/bench_sample_char.py', '--steps=1', '--max_new_tokens=4', '--json=True', '--decode_form=both')
+    r = p.result
     assert (r['mode'], r['batch_size'], r['block_size'], r['vocab_size']) == ('sample', 1, 256, 65)
     assert r['max_new_tokens'] == 4
+    # each form of the cached loop is timed; 'cached' is the one the timing chose
+    assert r['cached'] == r[f"cached_{r['decode_form']}"] and 'cached_plain' in r and 'cached_split' in r
+    assert 'cached_split: 4 tokens x batch 1' in p.out
     assert r['cache_speedup'] == pytest.approx(r['uncached']['ms_median'] / r['cached']['ms_median'])
 
 
@@ -77,6 +82,7 @@ def test_bad_input_is_one_line(bench, tmp_path):
     for flags, message in [(['--vocab_size=0'], 'vocab_size=0 must be positive'),
                            (['--batch_size=0'], 'batch_size=0 must be positive'),
                            (['--mode=sample', '--max_new_tokens=0'], 'max_new_tokens=0 must be positive'),
+                           (['--mode=sample', '--decode_form=fast'], "decode_form='fast': use 'auto', 'plain',"),
                            (['--grad_clip=-1'], 'grad_clip=-1.0 must be >= 0'),
                            (['--n_embd=31'], 'n_embd=31 is not divisible by n_head=2'),
                            (['--num_threads=-1'], 'num_threads=-1 must be >= 0'),

@@ -130,6 +130,16 @@ def test_same_text_in_a_fresh_process(char_ckpt, sample, tmp_path):
     assert samples(p.stdout) == samples(sample(*args).out)
 
 
+def test_both_decode_forms_print_the_same_text(char_ckpt, sample, monkeypatch):
+    """The split form of a batch-1 step's matmuls (decoding.py) runs, and draws what the plain form draws."""
+    out_dir, _, _ = char_ckpt
+    split = []
+    monkeypatch.setattr(torch, 'baddbmm', lambda *a, _real=torch.baddbmm: split.append(1) or _real(*a))
+    args = [f'--out_dir={out_dir}', '--num_samples=1', '--max_new_tokens=30', '--start=A']
+    assert sample(*args, '--decode_form=split').out == sample(*args, '--decode_form=plain').out
+    assert len(split) >= 29 * 2 * 4  # the Linear layers of the 2 blocks at every one-token step
+
+
 def test_temperature_zero_and_no_top_k(char_ckpt, sample):
     out_dir, model, meta = char_ckpt
     decode = lambda ids: ''.join(meta['itos'][i] for i in ids)
@@ -225,6 +235,7 @@ def test_errors(char_ckpt, sample, tmp_path):
         ([f'--out_dir={out_dir}', '--device=cuda'], 'CUDA is not available'),
         ([f'--out_dir={out_dir}', '--dtype=float8'], "dtype='float8'"),
         ([f'--out_dir={out_dir}', '--top_k=0'], 'top_k=0 must be positive'),
+        ([f'--out_dir={out_dir}', '--decode_form=fast'], "decode_form='fast': use 'auto', 'plain', 'split'$"),
         ([f'--out_dir={out_dir}', '--top_p=1.5'], r'top_p=1\.5 must be in \(0, 1\]'),
         # regression: a directory that does not exist got Hugging Face's 'Repo id must be in the form'
         ([f'--init_from={tmp_path}/no_such_dir'], r"init_from='.*no_such_dir' is not 'resume', a .pt file, a gpt2\* name "
