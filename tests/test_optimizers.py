@@ -54,6 +54,9 @@ def muon_resumed(tiny_data, tmp_path_factory):
     r = SimpleNamespace(whole=train('whole', '--max_iters=20'), first=train('parts', '--max_iters=10'),
                         data=tiny_data, tmp=tmp)
     r.second = train('parts', '--max_iters=20', '--init_from=resume')
+    # a shorter plan (decay from 10 to 18), stopped at 10 in its stable phase, then resumed into the 20
+    r.short = train('extended', '--max_iters=10', '--lr_decay_iters=18')
+    r.extended = train('extended', '--max_iters=20', '--lr_decay_iters=20', '--init_from=resume')
     return r
 
 
@@ -67,6 +70,13 @@ def test_muon_resume_is_bitwise_identical(muon_resumed):
     assert len(bufs(a)) == 8 and all(torch.equal(x, y) for x, y in zip(bufs(a), bufs(b)))
     # past lr_decay_iters: min_lr for AdamW, and for Muon the same tenth of its peak
     assert a['muon']['param_groups'][0]['lr'] == pytest.approx(6e-5 / 6e-4 * 0.02)
+
+
+def test_wsd_run_extends_from_its_stable_phase(muon_resumed):
+    """README: a WSD run stopped before its decay starts resumes into a longer one, as if planned so."""
+    r = muon_resumed
+    assert 'changed: max_iters 10 -> 20, lr_decay_iters 18 -> 20' in r.extended.out
+    assert losses(r.whole.out) == losses(r.short.out) + losses(r.extended.out)
 
 
 def test_resuming_with_the_other_optimizer_is_refused(muon_resumed, tmp_path, script):
