@@ -82,8 +82,8 @@ def set_lr(optims, lr, learning_rate, muon_lr):
 
 
 def state_dicts(optims):
-    """What a checkpoint keeps of the optimizers: 'optimizer' (AdamW's state), and 'muon' (Muon's or None)."""
-    return {'optimizer': optims[0].state_dict(), 'muon': optims[1].state_dict() if len(optims) > 1 else None}
+    """What a checkpoint keeps of the optimizers: 'optimizer' (AdamW's state), and with Muon 'muon'."""
+    return {'optimizer': optims[0].state_dict(), **({'muon': optims[1].state_dict()} if len(optims) > 1 else {})}
 
 
 def restore(ckpt, path, optims, scaler, fsdp_model=None):
