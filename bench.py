@@ -31,8 +31,9 @@ import torch
 
 import chat
 import corpus
-import lora
 import decoding
+import lora
+import optimizers
 import runtime
 import sampling
 import sharding
@@ -62,6 +63,7 @@ vocab_size = 50304 # with real_data, a character dataset's vocabulary (meta.json
 bias = False
 dropout = 0.0
 # optimizer (its cost depends on the parameter count, not on these values)
+optimizer = 'adamw' # 'adamw' | 'muon': as train.py, Muon (Newton-Schulz) on the blocks' matrices, AdamW the rest
 learning_rate = 6e-4
 weight_decay = 0.1
 grad_clip = 1.0 # 0.0 disables
@@ -98,7 +100,7 @@ ddp, rank, local_rank, world_size = runtime.ranks()  # launched by torchrun
 if ddp and mode != 'train':
     fail("under torchrun bench.py times training steps only: leave out --mode=sample")
 device, device_type, dtype, ctx = runtime.setup_device(device, dtype, local_rank if ddp else None, not fsdp)
-sharding.check(fsdp, ddp, device_type, dtype, '')
+sharding.check(fsdp, ddp, device_type, dtype, '', optimizer)
 if ddp:
     runtime.init_distributed('', device_type)
 if rank:  # one process reports
@@ -242,7 +244,7 @@ else:
     # ------------------------------------------------------------------------ training step
     compile = runtime.use_compile(compile, device_type)
     model = raw_model = sharding.place(model, device, dtype, fsdp, activation_checkpointing, compile)
-    optimizer = model.configure_optimizers(weight_decay, learning_rate, (0.9, 0.95), device_type)
+    optims = optimizers.build(model, {**optimizers.DEFAULTS, **config}, device_type)  # [AdamW] or [AdamW, Muon]
     scaler = runtime.grad_scaler(device_type, dtype)
     if compile and not sharding.compiles_blocks(fsdp, activation_checkpointing):  # else place() did, per Block
         model = torch.compile(model)
@@ -251,14 +253,17 @@ else:
         model = DDP(model, device_ids=[local_rank] if device_type == 'cuda' else None)
 
     def train_step(x, y):
-        optimizer.zero_grad(set_to_none=True)  # here, so that the last step's gradients are there to count
+        for opt in optims:
+            opt.zero_grad(set_to_none=True)  # here, so that the last step's gradients are there to count
         with ctx:
             _, loss = model(x, y)
         scaler.scale(loss).backward()
         if grad_clip != 0.0:
-            scaler.unscale_(optimizer)
+            for opt in optims:
+                scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        scaler.step(optimizer)
+        for opt in optims:
+            scaler.step(opt)
         scaler.update()
         return loss
 
@@ -294,11 +299,12 @@ else:
     s['mfu'] = raw_model.estimate_mfu(batch_size, dt, runtime.peak_flops(device, peak_flops))
     s['peak_mem_mb'], s['mem_kind'] = peak_memory_mb()
     s['loss'] = loss.item()
-    s['state_mb'] = {k: v / 2**20 for k, v in sharding.state_bytes(raw_model, optimizer).items()}
-    result.update(s, compile=compile, real_data=real_data, steps=steps, warmup=warmup, processes=world_size,
-                  fsdp=fsdp, activation_checkpointing=activation_checkpointing, lora_rank=lora_rank)
+    s['state_mb'] = {k: v / 2**20 for k, v in sharding.state_bytes(raw_model, *optims).items()}
+    result.update(s, optimizer=optimizer, compile=compile, real_data=real_data, steps=steps, warmup=warmup,
+                  processes=world_size, fsdp=fsdp, activation_checkpointing=activation_checkpointing,
+                  lora_rank=lora_rank)
     mfu = f"{s['mfu'] * 100:.2f}%" if s['mfu'] is not None else 'n/a'
-    print(f"{steps} steps after {warmup} burn-in: {s['ms_median']:.2f} ms/iter median "
+    print(f"{steps} {optimizer} steps after {warmup} burn-in: {s['ms_median']:.2f} ms/iter median "
           f"(min {s['ms_min']:.2f}, max {s['ms_max']:.2f}), {s['tokens_per_s']:,.0f} tokens/s, mfu {mfu}, "
           f"peak memory {s['peak_mem_mb']:,.0f} MiB ({s['mem_kind']}); first step {s['first_step_ms']:.0f} ms, "
           f"loss {s['loss']:.4f}")

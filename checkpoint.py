@@ -1,7 +1,8 @@
 """Checkpoints: written atomically with a checksum of their tensors, read back through one set of checks.
 
 A checkpoint is a dict of tensors and plain Python (torch.load's weights_only=True reads it):
-    model, optimizer  state dicts (the model unwrapped and uncompiled)
+    model, optimizer  state dicts (the model unwrapped and uncompiled; optimizer: AdamW's)
+    muon              Muon's state dict, with optimizer='muon' only (optimizers.py)
     model_args        GPTConfig's fields: GPTConfig(**model_args) rebuilds the model
     tokenizer         {'chars': [...]} (token i is chars[i]) or {'encoding': 'gpt2'}: sampling needs nothing else
     iter_num, best_val_loss, config (every setting of the run)

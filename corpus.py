@@ -56,6 +56,17 @@ def split_tokens(data_dir, split, block_size, vocab=None):
     return n
 
 
+def splits(data_dir, block_size, vocab):
+    """train.py's view of a dataset -> ({split: tokens}, {split: example_starts}), each split checked; for a chat
+    dataset, rank 0 says once how many training conversations a window cuts."""
+    n_tokens = {s: split_tokens(data_dir, s, block_size, vocab) for s in ('train', 'val')}
+    examples = {s: example_starts(data_dir, s, n, vocab) for s, n in n_tokens.items()}
+    note = cut_note(examples['train'], n_tokens['train'], block_size, vocab)
+    if note and int(os.environ.get('RANK', '0')) == 0:
+        print(note, flush=True)
+    return n_tokens, examples
+
+
 def example_starts(data_dir, split, n_tokens, vocab=None):
     """Where the examples of a split begin (an int64 array), or None for a stream of text: every example_len-th
     token for fixed-length examples (addition, images), {split}_starts.bin for conversations (chat.py)."""

@@ -82,11 +82,12 @@ def own_checkpoint(init_from):
     return checkpoint.find(init_from, roles=(checkpoint.CKPT,)) if os.path.isdir(init_from) else None
 
 
-def pretrained(init_from, dropout, block_size, reader=None):
+def pretrained(init_from, dropout, block_size, reader=None, data_vocab=None):
     """Weights to start from, cut to block_size -> (model, the vocabulary its weights were trained on): GPT-2's
     (a gpt2* name or a Hugging Face folder), or one of our checkpoints (a ckpt.pt or export.py's .pt file, or a
     run's out_dir), of which only the weights are taken (a LoRA one's merged). reader: what reads GPT-2 weights,
-    GPT.from_pretrained's signature (FSDP's reads them in rank 0 alone)."""
+    GPT.from_pretrained's signature (FSDP's reads them in rank 0 alone). data_vocab: the dataset's, to which a
+    model grows rows for the chat tokens (add_chat_tokens)."""
     ours = own_checkpoint(init_from)
     if not (ours or init_from.startswith('gpt2') or os.path.isdir(init_from)):
         fail(f"init_from={init_from!r}: use 'scratch', 'resume', a gpt2* name, a Hugging Face model directory, or "
@@ -107,7 +108,7 @@ def pretrained(init_from, dropout, block_size, reader=None):
              f"use --block_size={model.config.block_size} or less")
     if block_size < model.config.block_size:
         model.crop_block_size(block_size)  # e.g. finetune with a shorter context than GPT-2's 1024
-    return model, vocab
+    return add_chat_tokens(model, vocab, data_vocab)  # finetuning on conversations: rows for their tokens
 
 
 def add_chat_tokens(model, vocab, data_vocab):
@@ -137,8 +138,7 @@ def build(ckpt, path, dropout=0.0, dtype=None, merge=False, verbose=False):
     if os.path.isabs(base) and not os.path.exists(base):
         fail(f"{path} holds LoRA adapters for the weights in {base}, which is not there any more; put them "
              f"back at that path (or merge the adapters where they are: python export.py)")
-    model, base_vocab = pretrained(base, dropout, args['block_size'])
-    model, _ = add_chat_tokens(model, base_vocab, ckpt['tokenizer'])  # a chat SFT's base grew its rows
+    model, _ = pretrained(base, dropout, args['block_size'], data_vocab=ckpt['tokenizer'])  # a chat SFT's grew
     shape = {k: args[k] for k in checkpoint.SHAPE + ('vocab_size',)}
     if {k: getattr(model.config, k) for k in shape} != shape:
         fail(f"{path} holds LoRA adapters for the weights in {base}, which have another shape now "

@@ -45,6 +45,9 @@ def settings(config, given, init_from, fsdp, ckpt=None, ckpt_file=None):
     rank, alpha, dropout = config['lora_rank'], config['lora_alpha'], config['lora_dropout']
     if rank < 0:
         fail(f"lora_rank={rank} must be >= 0 (0: no LoRA, every weight trains)")
+    if rank and config.get('optimizer') == 'muon':  # Muon takes the blocks' full matrices, which LoRA freezes
+        fail("lora_rank > 0 trains low-rank adapters, which AdamW updates; optimizer='muon' is for the blocks' "
+             "full weight matrices: use --optimizer=adamw with LoRA")
     if ckpt is not None:
         saved = ckpt.get('lora')
         if saved is None:

@@ -11,6 +11,7 @@ from array import array
 
 import torch
 
+import runtime
 from configurator import fail
 
 TENSORBOARD = 'tensorboard'  # the event files' folder in out_dir
@@ -61,6 +62,17 @@ class Metrics:
         """What a checkpoint keeps: {'history': {name: (n, 2) float64 tensor of steps and values}, 'wandb_run_id'}."""
         return {'history': {k: torch.tensor(v, dtype=torch.float64).view(-1, 2) for k, v in self.history.items()},
                 'wandb_run_id': self.wandb_run_id}
+
+    def reached(self, val_loss, target, iter_num):
+        """Whether val_loss is at or below target (> 0: a time-to-loss run, train.py's stop_at_val_loss);
+        if so, log the iteration and the seconds of training steps so far (evaluations not counted)."""
+        if not 0 < target or val_loss > target:
+            return False
+        steps, dts = (self.history.get('time/iter', array('d'))[i::2] for i in (0, 1))
+        seconds = sum(dt * (step - prev) for step, prev, dt in zip(steps, [0, *steps], dts))
+        runtime.log(f"stop_at_val_loss={target} reached: val loss {val_loss:.4f} at iter {iter_num}, after "
+                    f"{seconds:.1f}s of training steps")
+        return True
 
     def close(self):
         if self.tensorboard:
@@ -114,6 +126,10 @@ class Stopwatch:
         """' (data 0.52ms, fwd+bwd 24.10ms, optim 7.30ms)' for the iteration started last, if on; else ''."""
         spent = sorted(self.spent.items(), key=lambda kv: _ORDER[kv[0]])
         return f" ({', '.join(f'{k} {v * 1000:.2f}ms' for k, v in spent)})" if spent else ''
+
+    def figures(self):
+        """The phases' times for Metrics.log: {'time/data': seconds, ...}."""
+        return {f'time/{k}': v for k, v in self.spent.items()}
 
 
 _ORDER = {'data': 0, 'fwd+bwd': 1, 'optim': 2}

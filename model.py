@@ -261,10 +261,11 @@ class GPT(nn.Module):
                 p.copy_(src[:len(p)] if src is not None else torch.zeros_like(p))  # no bias: zeros
         return hf
 
-    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, verbose=True):
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, verbose=True, skip=()):
         """AdamW that decays matrices and embeddings (ndim >= 2), not biases and LayerNorm gains:
-        shrinking a gain or an offset toward zero regularises nothing. verbose prints the groups."""
-        params = [p for p in self.parameters() if p.requires_grad]
+        shrinking a gain or an offset toward zero regularises nothing. verbose prints the groups;
+        skip: names of parameters another optimizer updates (optimizers.py: Muon's)."""
+        params = [p for n, p in self.named_parameters() if p.requires_grad and n not in skip]
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
         groups = [{'params': decay, 'weight_decay': weight_decay},

@@ -20,10 +20,13 @@ import checkpoint
 from configurator import fail, oneline
 from model import GPT, GPTConfig
 
-def check(fsdp, ddp, device_type, dtype, eval_tasks):
+def check(fsdp, ddp, device_type, dtype, eval_tasks, optimizer='adamw'):
     """fsdp=True's one-line errors, before any collective."""
     if not fsdp:
         return
+    if optimizer == 'muon':  # each process would orthogonalise its shard, not the matrix (Megatron-LM#5961)
+        fail("optimizer='muon' needs every weight matrix whole, and fsdp=True shards them; use DDP "
+             "(leave out --fsdp) or optimizer='adamw'")
     if device_type not in ('cuda', 'cpu'):
         fail(f"fsdp=True runs on CUDA GPUs or CPUs, not {device_type}; use --device=cpu or leave out --fsdp")
     try:
@@ -114,13 +117,13 @@ def full_tensor(t):
     return t.full_tensor() if isinstance(t, DTensor) else t
 
 
-def state_bytes(model, optimizer):
-    """What this process holds of the parameters, gradients and optimizer state, in bytes, from their
+def state_bytes(model, *optimizers):
+    """What this process holds of the parameters, gradients and optimizers' state, in bytes, from their
     tensors' storages (of a DTensor, its local shard, padding included): {'params', 'grads', 'optimizer'}."""
     from torch.distributed.tensor import DTensor
     seen, held = set(), {}
     parts = {'params': list(model.parameters()), 'grads': [p.grad for p in model.parameters() if p.grad is not None],
-             'optimizer': [v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v)]}
+             'optimizer': [v for o in optimizers for s in o.state.values() for v in s.values() if torch.is_tensor(v)]}
     for kind, tensors in parts.items():
         storages = [(t.to_local() if isinstance(t, DTensor) else t).untyped_storage() for t in tensors]
         held[kind] = sum(s.nbytes() for s in storages if not (s.data_ptr() in seen or seen.add(s.data_ptr())))

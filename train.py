@@ -20,6 +20,7 @@ import checkpoint
 import corpus
 import loading
 import lora
+import optimizers
 import runtime
 import sampling
 import sharding
@@ -37,6 +38,7 @@ eval_interval = 2000         # evaluate, and maybe checkpoint, every this many i
 log_interval = 1             # a log line (the loop's one host sync) every this many iterations
 eval_iters = 200             # batches per split in each evaluation
 eval_only = False            # evaluate once, then exit without writing anything
+stop_at_val_loss = 0.0       # > 0: stop at the first evaluation with val loss <= this, saying when
 always_save_checkpoint = True  # else ckpt.pt keeps the best val; a stop writes interrupted.pt
 init_from = 'scratch'        # 'scratch' | 'resume' | 'gpt2*' | a HF folder | our .pt or out_dir
 sample_tokens = 0            # print a sample of this many tokens at each evaluation; 0: none
@@ -60,15 +62,22 @@ n_head = 12                  # attention heads
 n_embd = 768                 # width: channels of the residual stream
 dropout = 0.0                # 0 for pretraining, try 0.1+ for finetuning
 bias = False                 # bias in Linear and LayerNorm layers
-# AdamW
+# AdamW, and with optimizer='muon' Muon for the blocks' weight matrices (optimizers.py)
+optimizer = 'adamw'          # 'adamw' | 'muon'
 learning_rate = 6e-4         # max learning rate
 max_iters = 600000           # optimizer steps in total
 weight_decay = 1e-1          # AdamW's, on matrices and embeddings only
 beta1 = 0.9                  # AdamW's betas
 beta2 = 0.95
 grad_clip = 1.0              # clip gradients at this norm; 0.0 disables
+muon_lr = 0.02               # Muon's peak learning rate, scaled by the schedule as learning_rate is
+muon_momentum = 0.95         # Muon's (Nesterov) momentum
+muon_weight_decay = 0.0      # decoupled: each step shrinks the matrices by lr * muon_weight_decay
+muon_adjust_lr = 'original'  # how a matrix's shape scales muon_lr: 'original' | 'match_rms_adamw'
 # learning rate schedule
-decay_lr = True              # warmup then cosine decay; False keeps learning_rate constant
+decay_lr = True              # warmup then decay (lr_schedule); False keeps learning_rate constant
+lr_schedule = 'cosine'       # 'cosine' | 'linear' | 'wsd': stable at learning_rate, then linear
+warmdown_frac = 0.2          # wsd: the share of the way after warmup spent decaying, in (0, 1]
 warmup_iters = 2000
 lr_decay_iters = 600000      # ~= max_iters per Chinchilla
 min_lr = 6e-5                # ~= learning_rate / 10 per Chinchilla
@@ -99,7 +108,7 @@ master_process = rank == 0
 gradient_accumulation_steps = runtime.per_process(gradient_accumulation_steps, world_size)
 device, device_type, dtype, ctx = runtime.setup_device(device, dtype, local_rank if ddp else None,
                                                        autocast=not fsdp)  # FSDP: its own precision
-sharding.check(fsdp, ddp, device_type, dtype, eval_tasks)
+sharding.check(fsdp, ddp, device_type, dtype, eval_tasks, optimizer)
 ckpt = ckpt_file = None
 if init_from == 'resume':  # the checkpoint fixes the model's shape
     ckpt, ckpt_file, notes = checkpoint.for_resume(out_dir, given, max_iters, sharded=fsdp)
@@ -119,9 +128,7 @@ runtime.log(f"device {device}, dtype {dtype}, {world_size} process(es), "
 data_dir = corpus.dataset_dir(dataset, prepare=prepare and not ddp, prepare_input=prepare_input)
 config['dataset'] = data_dir if os.path.isdir(dataset) else dataset  # sample.py finds it anywhere
 data_vocab = vocabulary.read_vocab(data_dir) or vocabulary.GPT2  # no meta.json: GPT-2 BPE
-n_tokens = {s: corpus.split_tokens(data_dir, s, block_size, data_vocab) for s in ('train', 'val')}
-examples = {s: corpus.example_starts(data_dir, s, n, data_vocab) for s, n in n_tokens.items()}
-runtime.log(corpus.cut_note(examples['train'], n_tokens['train'], block_size, data_vocab))
+n_tokens, examples = corpus.splits(data_dir, block_size, data_vocab)  # examples: starts, or None
 batch_gen = torch.Generator().manual_seed(seed + rank)  # training batches, checkpointed
 eval_gen = torch.Generator().manual_seed(seed)  # evaluation sees the same windows every time
 eval_ix = {s: corpus.starts(n, block_size, (eval_iters, batch_size), eval_gen, examples[s])
@@ -149,8 +156,7 @@ elif init_from == 'resume':
     iter_num, best_val_loss = ckpt['iter_num'], ckpt['best_val_loss']
 else:  # GPT-2's (under FSDP rank 0 alone reads them), a HF folder's, or our checkpoint's weights
     reader = sharding.pretrained if fsdp else None
-    model, model_vocab = loading.pretrained(init_from, dropout, block_size, reader=reader)
-    model, model_vocab = loading.add_chat_tokens(model, model_vocab, data_vocab)  # SFT on chat data
+    model, model_vocab = loading.pretrained(init_from, dropout, block_size, reader, data_vocab)
     model = lora.attach(model, lora_settings, dtype=dtype, verbose=master_process)  # None: as it is
 vocab_file = vocabulary.vocab_file(data_dir)
 vocab = vocabulary.check_vocab(model.config.vocab_size, model_vocab, vocab_file, data_vocab)
@@ -160,20 +166,16 @@ compiling = runtime.use_compile(compile, device_type, master_process)
 model = sharding.place(model, device, dtype, fsdp, activation_checkpointing, compiling,
                        from_rank0=init_from not in ('scratch', 'resume'))
 runtime.log(f"vocab_size {model.config.vocab_size}: " + vocabulary.describe(vocab))
-if master_process and not eval_only:  # eval_only writes nothing; every setting is checked by now
-    checkpoint.make_out_dir(out_dir, clear=overwrite and init_from != 'resume')
 
 # optimizer, GradScaler, compile, DDP -------------------------------------------
 scaler = runtime.grad_scaler(device_type, dtype)
-try:
-    optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type,
-                                           verbose=master_process)
-except ValueError as e:  # torch's checks, e.g. "Invalid beta parameter at index 0: 2.0"
-    fail(f"{e}; check learning_rate, beta1, beta2 and weight_decay")
+optims = optimizers.build(model, config, device_type, master_process)  # [AdamW], or [AdamW, Muon]
 if ckpt is not None:  # under FSDP sharded over the processes (a sharded checkpoint: the weights too)
-    notes.append(checkpoint.restore(ckpt, ckpt_file, optimizer, scaler, sharded_model=model if fsdp else None))
+    notes.append(optimizers.restore(ckpt, ckpt_file, optims, scaler, fsdp_model=model if fsdp else None))
     notes.append(checkpoint.restore_rng(ckpt['rng'], batch_gen, device, seed, iter_num))
     runtime.log(checkpoint.resume_report(ckpt, ckpt_file, config, notes))
+if master_process and not eval_only:  # eval_only writes nothing; every setting is checked by now
+    checkpoint.make_out_dir(out_dir, clear=overwrite and init_from != 'resume')
 raw_model = model  # unwrapped and uncompiled: what checkpoints store (FSDP: sharded)
 if compiling and not sharding.compiles_blocks(fsdp, activation_checkpointing):  # else, per Block
     model = torch.compile(model)
@@ -210,13 +212,16 @@ def estimate_loss():
 
 
 def get_lr(it):
-    """Linear warmup (> 0 at step 0), cosine decay to min_lr at lr_decay_iters (if after warmup), min_lr."""
+    """Linear warmup (> 0 at step 0), lr_schedule's decay to min_lr at lr_decay_iters, then min_lr."""
     if it < warmup_iters:
         return learning_rate * (it + 1) / (warmup_iters + 1)
     if it >= lr_decay_iters:
         return min_lr
     progress = (it - warmup_iters) / (lr_decay_iters - warmup_iters)  # in [0, 1)
-    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (learning_rate - min_lr)
+    if lr_schedule == 'cosine':
+        return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (learning_rate - min_lr)
+    share = warmdown_frac if lr_schedule == 'wsd' else 1.0  # the last share of it decays linearly
+    return learning_rate - max(0.0, 1 - (1 - progress) / share) * (learning_rate - min_lr)
 
 
 metrics = Metrics(config, ckpt, master_process and not eval_only)  # every logged figure
@@ -236,9 +241,9 @@ def save(name, evaluated):
              'rng': checkpoint.rng_states(batch_state, device), 'evaluated': evaluated,
              **metrics.state()}
     if fsdp:  # every process writes its shards
-        runtime.log(sharding.save(out_dir, sharding.name_of(name), state, raw_model, optimizer))
+        runtime.log(sharding.save(out_dir, sharding.name_of(name), state, raw_model, optims[0]))
     elif master_process:
-        state.update(lora.model_state(raw_model, lora_settings), optimizer=optimizer.state_dict())
+        state.update(lora.model_state(raw_model, lora_settings), **optimizers.state_dicts(optims))
         runtime.log(checkpoint.write(out_dir, name, state))
     saves += 1
 
@@ -257,8 +262,7 @@ while True:
     # a resumed run does not repeat its checkpoint's evaluation; a stop skips it, to be quick
     do_eval = (last_step or iter_num % eval_interval == 0) and iter_num != evaluated_iter and not stopping
     lr = get_lr(iter_num) if decay_lr else learning_rate
-    for group in optimizer.param_groups:
-        group['lr'] = lr
+    optimizers.set_lr(optims, lr, learning_rate, muon_lr)  # Muon's follows the same schedule
 
     if do_eval:  # evaluate and checkpoint
         if iter_num == start_iter:  # on a CPU the first line may be a while coming: say why
@@ -276,6 +280,7 @@ while True:
                 fail(f"val loss is {losses['val']} at iter {iter_num}; the checkpoint was left as it was")
             metrics.log(iter_num, {f'eval/{split}_loss': v for split, v in losses.items()}
                         | task_figures(figures))
+            last_step |= metrics.reached(losses['val'], stop_at_val_loss, iter_num)  # says when
             improved = losses['val'] < best_val_loss
             best_val_loss = min(best_val_loss, losses['val'])
             # at start_iter only a resumed checkpoint's postponed evaluation runs: it may be the best
@@ -302,12 +307,14 @@ while True:
             X, Y = get_batch('train')  # while the device works on this step
         scaler.scale(loss).backward()
     with watch('optim'):
-        scaler.unscale_(optimizer)
+        for opt in optims:  # GradScaler unscales and steps each optimizer, then updates once
+            scaler.unscale_(opt)
         max_norm = grad_clip if grad_clip > 0 else float('inf')  # inf: measured, not clipped
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-        scaler.step(optimizer)
+        for opt in optims:
+            scaler.step(opt)
+            opt.zero_grad(set_to_none=True)
         scaler.update()
-        optimizer.zero_grad(set_to_none=True)
     iter_num += 1
     # TRAINING SECTION END ---------------------------------------------------------
 
@@ -335,8 +342,7 @@ while True:
     runtime.log(f"iter {iter_num}: loss {loss_value:.4f}, time {dt * 1000:.2f}ms{watch.split()}, mfu "
                 f"{mfu_text}, tok/s {tokens_per_iter / dt:,.0f}, grad norm {norm:.4f}, lr {lr:.3e}")
     metrics.log(iter_num, {'train/loss': loss_value, 'lr': lr, 'grad_norm': norm, 'mfu': mfu_pct,
-                           'tokens_per_s': tokens_per_iter / dt, 'time/iter': dt,
-                           **{f'time/{k}': v for k, v in watch.spent.items()}})
+                           'tokens_per_s': tokens_per_iter / dt, 'time/iter': dt} | watch.figures())
     train_time, last_log_iter = 0.0, iter_num  # the next log line's window starts here
 
 # teardown -----------------------------------------------------------------------

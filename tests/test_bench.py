@@ -33,6 +33,14 @@ def test_train_step_figures(bench):
     assert 'compile=True ignored on cpu: torch.compile is used on CUDA only' in p.out and p.result['compile'] is False
 
 
+def test_muon_step(bench):
+    """--optimizer=muon times train.py's Muon step: one momentum buffer per block matrix (2 x 4 of them,
+    24,576 weights), AdamW's two moments for the other 4,256 parameters, in float32."""
+    r = bench(*TINY_BENCH, '--vocab_size=96', '--optimizer=muon').result
+    assert r['optimizer'] == 'muon' and r['ms_median'] > 0
+    assert r['state_mb']['optimizer'] * 2**20 == pytest.approx(4 * (24_576 + 2 * 4_256), abs=64)  # + AdamW's steps
+
+
 def test_real_data_with_profile(bench, tmp_path, char_dataset):
     trace_dir = tmp_path / 'trace'
     p = bench(*TINY_BENCH, f'--dataset={char_dataset}', '--real_data=True', '--profile=True',

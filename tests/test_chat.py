@@ -13,10 +13,8 @@ import torch.nn.functional as F
 import chat
 import corpus
 import vocabulary
-from conftest import REPO, TINY, assert_one_line_error, chars_of, in_process, needs_gpt2_bpe
-
-sys.path.insert(0, str(REPO / 'data' / 'chat'))
-from prepare import prepare as prepare_chat  # noqa: E402
+from conftest import TINY, assert_one_line_error, chars_of, in_process, needs_gpt2_bpe
+from data.chat.prepare import prepare as prepare_chat
 
 # what a tiny model of conftest's TEXT characters can learn; each fits a window of 33 tokens
 QA = [("speak", "hear me"), ("die?", "famish"), ("hi", "speak"), ("who?", "all")]

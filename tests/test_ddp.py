@@ -78,14 +78,16 @@ def test_resumes_across_process_counts_and_a_ctrl_c_mid_evaluation_stops_cleanly
     assert text.startswith('F') and len(text) == 21 and set(text) <= set(chars_of(data)), s.out
 
 
-def test_two_ranks_equal_one_rank_accumulating(tmp_path, script):
+@pytest.mark.parametrize('optimizer', ['adamw', 'muon'])
+def test_two_ranks_equal_one_rank_accumulating(tmp_path, script, optimizer):
     """2 processes x 1 micro-step == 1 process x 2 micro-steps. Each split holds exactly one window,
-    so every process draws the same batch whatever its seed."""
+    so every process draws the same batch whatever its seed. Muon: every process orthogonalises the
+    same all-reduced gradient."""
     data = write_char_dataset(tmp_path / 'one_window', text='abcdefghijklmnopqrstuvwxyz0123456789' * 3)
     ids = np.fromfile(data / 'val.bin', dtype=np.uint16)
     np.fromfile(data / 'train.bin', dtype=np.uint16)[:33].tofile(data / 'train.bin')  # block_size + 1
     np.concatenate([ids] * 10)[:33].tofile(data / 'val.bin')
-    common = [f'--dataset={data}', '--max_iters=1', '--gradient_accumulation_steps=2']
+    common = [f'--dataset={data}', '--max_iters=1', '--gradient_accumulation_steps=2', f'--optimizer={optimizer}']
     p = torchrun('train.py', *TINY, *common, f'--out_dir={tmp_path / "ddp"}')
     assert p.returncode == 0, p.stderr[-3000:]
     script('train.py', *TINY, *common, f'--out_dir={tmp_path / "single"}')

@@ -191,6 +191,8 @@ def test_mistakes_are_one_line(runs, trained, trained_copy, tmp_path, script, mo
     assert_one_line_error(train(out, f'--init_from={runs.base}', '--lora_targets=c_attn,q_proj'),
                           "lora_targets: 'q_proj' names no Linear layer of the model; a Block's are attn.c_attn")
     assert_one_line_error(train(out, '--init_from=scratch'), 'lora_rank > 0 adapts pretrained weights')
+    assert_one_line_error(train(out, f'--init_from={runs.base}', '--optimizer=muon'),
+                          "optimizer='muon' is for the blocks' full weight matrices: use --optimizer=adamw with LoRA")
     # LoRA asked for on a checkpoint without it, and none on one with it
     assert_one_line_error(train(f'--out_dir={trained_copy}', '--init_from=resume'),
                           'was trained without LoRA, so it cannot resume with lora_rank=4')

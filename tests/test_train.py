@@ -73,16 +73,17 @@ def test_learns_and_checkpoint_loads(trained, train, tmp_path):
     assert not (tmp_path / 'fresh').exists()
 
 
-def test_lr_schedule():
+def get_lr(it, learning_rate, warmup_iters, lr_decay_iters, min_lr, lr_schedule='cosine', warmdown_frac=0.2):
     """get_lr lives in train.py, where a nanoGPT reader looks for it; its source is run here on its own."""
     tree = ast.parse((REPO / 'train.py').read_text())
     fn = next(node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == 'get_lr')
+    ns = dict(math=math, learning_rate=learning_rate, warmup_iters=warmup_iters, lr_decay_iters=lr_decay_iters,
+              min_lr=min_lr, lr_schedule=lr_schedule, warmdown_frac=warmdown_frac)
+    exec(compile(ast.Module([fn], type_ignores=[]), 'train.py', 'exec'), ns)
+    return ns['get_lr'](it)
 
-    def get_lr(it, learning_rate, warmup_iters, lr_decay_iters, min_lr):
-        ns = dict(math=math, learning_rate=learning_rate, warmup_iters=warmup_iters, lr_decay_iters=lr_decay_iters,
-                  min_lr=min_lr)
-        exec(compile(ast.Module([fn], type_ignores=[]), 'train.py', 'exec'), ns)
-        return ns['get_lr'](it)
+
+def test_lr_schedule():
     lr = lambda it: get_lr(it, 1.0, 10, 110, 0.1)
     assert lr(0) == pytest.approx(1 / 11)  # warmup starts above zero
     assert lr(9) == pytest.approx(10 / 11)
@@ -92,6 +93,23 @@ def test_lr_schedule():
     assert get_lr(5, 1.0, 10, 5, 0.1) == pytest.approx(6 / 11)  # decay ends before warmup: no crash
     assert get_lr(20, 1.0, 10, 5, 0.1) == 0.1
     assert get_lr(0, 1.0, 0, 10, 0.1) == 1.0
+
+
+@pytest.mark.parametrize('schedule, at_decay_start, at_last_step', [
+    ('cosine', 0.5 * (1 + math.cos(math.pi * 0.5)), 0.5 * (1 + math.cos(math.pi * 99 / 100))),
+    ('linear', 0.5, 1 / 100),
+    ('wsd', 1.0, 1 / 50),  # warmdown_frac 0.5: stable until halfway, then linear
+])
+def test_lr_schedules_at_their_endpoints(schedule, at_decay_start, at_last_step):
+    """Warmup 10, decay to min_lr 0 at 110: step 0, warmup's end, halfway (WSD's decay starts), the last
+    step, past the end. Muon's rate is these times muon_lr / learning_rate (test_optimizers.py)."""
+    lr = lambda it: get_lr(it, 1.0, 10, 110, 0.0, schedule, warmdown_frac=0.5)
+    assert lr(0) == pytest.approx(1 / 11)
+    assert lr(10) == 1.0
+    assert lr(60) == pytest.approx(at_decay_start)
+    assert lr(61) < lr(60) and (lr(59) == 1.0) == (schedule == 'wsd')
+    assert lr(109) == pytest.approx(at_last_step)
+    assert lr(110) == lr(1000) == 0.0
 
 
 def test_resume_is_bitwise_identical(resumed):
@@ -379,7 +397,7 @@ def test_a_fresh_start_does_not_overwrite_a_checkpoint(trained, trained_copy, tr
     (['--peak_flops=-1'], 'peak_flops=-1.0 must be >= 0'),
     (['--sample_tokens=-3'], 'sample_tokens=-3 must be >= 0'),
     # regression: a dataset that does not exist was sent to 'python data/nosuch/prepare.py', which neither does
-    (['--dataset=nosuch'], "no dataset 'nosuch': data/ has addition, images, openwebtext, shakespeare, shakespeare_char; or give"),
+    (['--dataset=nosuch'], "no dataset 'nosuch': data/ has addition, chat, images, openwebtext, shakespeare, shakespeare_char, spelling; or give"),
 ])
 def test_bad_settings(tiny_data, tmp_path, train, args, message):
     if args == ['--device=cuda'] and torch.cuda.is_available():
