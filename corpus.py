@@ -124,7 +124,7 @@ def cut_note(examples, n_tokens, block_size, vocab):
     """A chat dataset: how many training conversations are longer than a window, so cut; else ''."""
     if not (vocab or {}).get('chat'):
         return ''
-    cut = int((np.diff(np.append(examples, n_tokens)) > block_size + 1).sum())
+    cut = int((lengths(examples, n_tokens) > block_size + 1).sum())
     return (f"{cut:,} of {len(examples):,} training conversations are longer than block_size + 1 = {block_size + 1} "
             f"tokens: their ends are cut" if cut else '')
 
@@ -141,7 +141,12 @@ def chat_files(data_dir, split, n):
             or (np.diff(starts) <= 0).any() or starts[-1] >= n):
         fail(f"{data_dir}: {split}_mask.bin or {split}_starts.bin does not fit {split}.bin's {n:,} tokens, so "
              f"they are damaged or from another run: rerun data/chat/prepare.py")
-    return np.diff(np.append(starts, n))
+    return lengths(starts, n)
+
+
+def lengths(starts, n_tokens):
+    """The lengths of the examples that begin at starts in a split of n_tokens."""
+    return np.diff(np.append(starts, n_tokens))
 
 
 def prepare_dataset(data_dir, input_path):

@@ -12,7 +12,7 @@ import corpus
 import lora
 import vocabulary
 from configurator import fail, oneline
-from model import GPT
+from model import GPT, GPTConfig
 
 
 def checkpoint_vocab(ckpt, path, vocab_path=''):
@@ -73,6 +73,16 @@ def load_model(init_from, out_dir, vocab_path=''):
         fail(e)
     vocab = vocabulary.read_vocab(init_from) if os.path.isdir(init_from) else None  # an export holds its own
     return model.eval(), vocab, os.path.join(init_from, 'meta.json'), None
+
+
+def scratch(config, data_vocab):
+    """A new GPT of config's shape (n_layer, n_head, n_embd, block_size, bias, dropout) with a row per token of
+    the dataset's vocabulary (GPT-2's BPE: its 50257 tokens padded to 50304, a faster lm_head matmul)."""
+    shape = {k: config[k] for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'dropout')}
+    try:
+        return GPT(GPTConfig(**shape, vocab_size=vocabulary.vocab_size_of(data_vocab) or 50304))
+    except ValueError as e:  # e.g. n_embd not divisible by n_head
+        fail(e)
 
 
 def own_checkpoint(init_from):

@@ -157,7 +157,7 @@ def chat_task(model, tokenizer, data_dir, ctx, batch_size=8, progress=True, answ
     n = corpus.split_tokens(data_dir, 'val', T, vocab)
     tokens = np.memmap(os.path.join(data_dir, 'val.bin'), dtype=np.uint16, mode='r')
     mask, starts = corpus.trained_mask(data_dir, 'val', vocab), corpus.example_starts(data_dir, 'val', n, vocab)
-    lengths = np.diff(np.append(starts, n))
+    lengths = corpus.lengths(starts, n)
     nbytes = torch.tensor(tokenizer.byte_lengths(model.config.vocab_size), dtype=torch.float64, device=device)
     answers = min(answers, len(starts))
     sums = torch.zeros(len(starts) + answers, 3, dtype=torch.float64, device=device)  # nats, tokens, bytes

@@ -28,7 +28,6 @@ import tasks
 import vocabulary
 from configurator import configure, fail
 from metrics import Metrics, Stopwatch, task_figures
-from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
 # defaults: GPT-2 124M on OpenWebText
@@ -144,13 +143,8 @@ def get_batch(split, ix=None):  # x, y: (len(ix), block_size); ix None: the next
 # model init ---------------------------------------------------------------------
 iter_num, best_val_loss = 0, float('inf')  # where the run stands
 model_vocab = None  # the vocabulary the weights were trained on, if they come with one
-if init_from == 'scratch':
-    vocab_size = vocabulary.vocab_size_of(data_vocab) or 50304  # BPE: GPT-2's 50257, padded
-    try:
-        model = GPT(GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
-                              bias=bias, vocab_size=vocab_size, dropout=dropout))
-    except ValueError as e:
-        fail(e)
+if init_from == 'scratch':  # GPT(GPTConfig(...)) of the settings' shape, the dataset's vocabulary
+    model = loading.scratch(config, data_vocab)
 elif init_from == 'resume':
     model, model_vocab = loading.build(ckpt, ckpt_file, dropout, dtype, verbose=master_process)
     iter_num, best_val_loss = ckpt['iter_num'], ckpt['best_val_loss']

@@ -5,7 +5,7 @@ from conftest import REPO
 
 MODULES = {p.stem: p for p in REPO.glob('*.py')}
 # ~350 lines at most for any module; model.py and train.py keep nanoGPT's budgets and its density
-BUDGET = {'model': 320, 'train': 355}
+BUDGET = {'model': 320, 'train': 350}
 LONG_LINES = 20  # lines over 100 characters allowed in model.py and in train.py
 
 
